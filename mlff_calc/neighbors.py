@@ -1,0 +1,123 @@
+"""Neighbour lists from vesin, for molecules, slabs, wires, bulk and cells smaller than the cutoff.
+
+vesin returns integer image shifts ``S``; the edge vectors themselves are computed in torch from
+positions, cell and ``S`` (:func:`edge_vectors`) so that autograd sees positions and strain.
+Edges are sorted by (receiver, sender, shift): a list built with a skin and then filtered gives the
+very same edges in the very same order as a fresh list, so results with and without a skin are
+bit-identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import vesin
+
+from . import _keys as K
+
+
+def _vesin_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """A box vesin accepts: periodic rows as given, non-periodic rows made safe.
+
+    Along a non-periodic axis no shift is ever applied, so the row only has to keep the box
+    invertible: a degenerate (e.g. zero) row is replaced by a long vector orthogonal to the others.
+    """
+    box = np.array(cell, dtype=np.float64, copy=True)
+    if not pbc.any():
+        return np.zeros((3, 3))
+    if pbc.all():
+        return box
+    scale = 1.0 + float(np.abs(box).max())
+    for axis in np.flatnonzero(~pbc):
+        others = [box[a] for a in range(3) if a != axis]
+        normal = np.cross(others[0], others[1])
+        if np.linalg.norm(normal) < 1e-8:
+            # The other two rows do not span a plane either (a wire); pick any orthogonal frame.
+            normal = np.zeros(3)
+            normal[axis] = 1.0
+        box[axis] = normal / np.linalg.norm(normal) * scale * 10.0
+    if abs(np.linalg.det(box)) < 1e-8:  # still singular: rebuild non-periodic rows one by one
+        for axis in np.flatnonzero(~pbc):
+            box[axis] = 0.0
+            box[axis, axis] = scale * 10.0
+    return box
+
+
+def check_cell(cell: np.ndarray, pbc: np.ndarray, where: str = "") -> None:
+    """Raise ``ValueError`` if the periodic lattice vectors are degenerate or non-finite."""
+    cell = np.asarray(cell, dtype=np.float64)
+    if not np.all(np.isfinite(cell)):
+        raise ValueError(f"cell{where} is not finite: {cell.tolist()}")
+    periodic = cell[np.asarray(pbc, dtype=bool)]
+    if len(periodic) == 0:
+        return
+    lengths = np.linalg.norm(periodic, axis=1)
+    gram = periodic @ periodic.T
+    # Volume (area, length) spanned by the periodic vectors, relative to the product of their lengths.
+    measure = np.sqrt(max(np.linalg.det(gram), 0.0))
+    if lengths.min() < 1e-6 or measure < 1e-6 * np.prod(lengths):
+        raise ValueError(
+            f"pbc{where} is {np.asarray(pbc).tolist()} but the periodic lattice vectors are degenerate "
+            f"(lengths {np.round(lengths, 6).tolist()} Å, spanned measure {measure:.3g}): "
+            "give a cell with linearly independent vectors along every periodic direction, or set pbc=False there"
+        )
+
+
+def neighbor_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full neighbour list of one structure.
+
+    Args:
+        positions: ``(n, 3)`` Å, anywhere in space (atoms outside the cell are fine).
+        cell: ``(3, 3)`` Å, rows are lattice vectors.
+        pbc: ``(3,)`` bool.
+        cutoff: Å.
+
+    Returns:
+        ``edge_index (2, E) int64`` as [receiver i, sender j] and ``shifts (E, 3) int64`` such that
+        ``r_ij = positions[j] - positions[i] + shifts @ cell``, sorted by (i, j, shift).
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if len(positions) == 0:
+        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
+    box = _vesin_box(cell, pbc)
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = calculator.compute(points=positions, box=box, periodic=pbc, quantities="ijS")
+    i = i.astype(np.int64)
+    j = j.astype(np.int64)
+    shifts = shifts.astype(np.int64)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
+    return np.stack([i[order], j[order]]), shifts[order]
+
+
+def batch_neighbor_list(
+    positions: np.ndarray,
+    cells: np.ndarray,
+    pbcs: np.ndarray,
+    n_atoms: np.ndarray,
+    cutoff: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists of consecutive structures, with atom indices offset into the batch.
+
+    Shapes: positions ``(N, 3)``, cells ``(B, 3, 3)``, pbcs ``(B, 3)``, n_atoms ``(B,)``.
+    """
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)])
+    edges, shifts = [], []
+    for b in range(len(n_atoms)):
+        e, s = neighbor_list(positions[offsets[b] : offsets[b + 1]], cells[b], pbcs[b], cutoff)
+        edges.append(e + offsets[b])
+        shifts.append(s)
+    if not edges:
+        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
+    return np.concatenate(edges, axis=1), np.concatenate(shifts, axis=0)
+
+
+def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``r_ij = x_j - x_i + S @ cell`` in torch, differentiable in positions and cell.  Shape ``(E, 3)``."""
+    i, j = data[K.EDGE_INDEX]
+    pos = data[K.POSITIONS]
+    shifts = data[K.CELL_SHIFTS]
+    cell_of_edge = data[K.CELL][data[K.BATCH][i]]  # (E, 3, 3)
+    return pos[j] - pos[i] + torch.einsum("ea,eab->eb", shifts, cell_of_edge)
