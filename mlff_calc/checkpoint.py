@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
+    if not zipfile.is_zipfile(path):
+        # torch.save has written zip archives since torch 1.6; anything else is garbage or a bare pickle.
+        raise CheckpointError(f"checkpoint {path} is not a readable torch checkpoint (not a torch.save archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = [line for line in str(exc).splitlines() if "Unsupported" in line or "GLOBAL" in line]
         raise CheckpointError(
             f"checkpoint {path} was refused: it contains Python objects other than plain containers and "
-            f"tensors, which could run code when loaded ({str(exc).splitlines()[0][:200]})"
+            f"tensors, which could run code when loaded ({(detail or [str(exc)])[0].strip()[:200]})"
         ) from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for files that are not torch.save archives
         raise CheckpointError(

@@ -1,0 +1,1 @@
+"""Reusable checks for force-field calculators (physics) and small structure builders for tests."""
