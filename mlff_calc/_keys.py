@@ -17,6 +17,7 @@ PBC = "pbc"  # (B, 3)     bool
 BATCH = "batch"  # (N,)       int64 | index of the structure each atom belongs to
 EDGE_INDEX = "edge_index"  # (2, E)     int64 | [receiver i, sender j]
 CELL_SHIFTS = "cell_shifts"  # (E, 3)     float | integer image shifts S (stored in the model dtype)
+EDGE_REVERSE = "edge_reverse"  # (E,)     int64 | index of edge (j, i, -S) for edge (i, j, S); optional
 
 # ---- outputs ---------------------------------------------------------------------------------------
 ENERGY = "energy"  # (B,)       float | eV

@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from . import _keys as K
-from .neighbors import check_cell, neighbor_list
+from .neighbors import check_cell, neighbor_list, reverse_edges
 from .utils import element_list
 
 MIN_DISTANCE = 0.1  # Å; closer atoms are refused as overlapping
@@ -92,13 +92,15 @@ class AtomsConverter:
 
     def _build(self, atoms: Atoms) -> None:
         edge_index, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin)
+        edge_index, shifts = torch.as_tensor(edge_index), torch.as_tensor(shifts)
         self._cache = {
             "numbers": atoms.numbers.copy(),
             "pbc": atoms.pbc.copy(),
             "cell": atoms.cell.array.copy(),
             "positions": atoms.positions.copy(),
-            "edge_index": torch.as_tensor(edge_index, device=self.device),
-            "shifts": torch.as_tensor(shifts, device=self.device).to(self.dtype),
+            "edge_index": edge_index.to(self.device),
+            "shifts": shifts.to(device=self.device, dtype=self.dtype),
+            "reverse": reverse_edges(edge_index, shifts, len(atoms)).to(self.device),
         }
         self.n_builds += 1
 
@@ -123,6 +125,10 @@ class AtomsConverter:
             keep = distances < self.cutoff
         data[K.EDGE_INDEX] = edge_index[:, keep]
         data[K.CELL_SHIFTS] = shifts[keep]
+        # |r_ji| == |r_ij| bit for bit (negated sums), so the filter keeps both edges of a pair and the
+        # cached reverse map only needs renumbering.
+        new_index = torch.cumsum(keep, 0) - 1
+        data[K.EDGE_REVERSE] = new_index[c["reverse"][keep]]
         self._check_overlap(atoms, data[K.EDGE_INDEX], data[K.CELL_SHIFTS], distances[keep])
         return data
 

@@ -121,3 +121,39 @@ def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
     shifts = data[K.CELL_SHIFTS]
     cell_of_edge = data[K.CELL][data[K.BATCH][i]]  # (E, 3, 3)
     return pos[j] - pos[i] + torch.einsum("ea,eab->eb", shifts, cell_of_edge)
+
+
+def reverse_edges(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """``rev (E,)`` with edge ``rev[e] = (j, i, -S)`` for edge ``e = (i, j, S)``.
+
+    Needs a full list sorted by (i, j, S), as :func:`neighbor_list` returns (and keeps after filtering
+    by distance, which is symmetric). Each edge becomes one int64 key whose order is the list's order,
+    so the reverse edges are found by binary search.
+    """
+    if edge_index.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.long, device=edge_index.device)
+    s = torch.round(shifts).long()
+    m = int(s.abs().max()) if s.numel() else 0
+    width = 2 * m + 1
+    if float(n_atoms) ** 2 * width**3 >= 2**62:
+        raise ValueError("neighbour list too large to index its reverse edges")
+    i, j = edge_index
+
+    def key(a, b, sh):
+        k = a * n_atoms + b
+        for axis in range(3):
+            k = k * width + (sh[:, axis] + m)
+        return k
+
+    keys = key(i, j, s)
+    wanted = key(j, i, -s)
+    rev = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
+    if not torch.equal(keys[rev], wanted):
+        raise ValueError("neighbour list is not a sorted full list: some edge has no reverse edge")
+    return rev
+
+
+def csr_rowptr(receivers: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """``rowptr (n_atoms + 1,)`` of receiver-sorted edges: edges of atom i are rowptr[i]:rowptr[i+1]."""
+    counts = torch.bincount(receivers, minlength=n_atoms)
+    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])

@@ -78,7 +78,7 @@ SCHEMA: dict[str, tuple[str, tuple[int, ...], str]] = {
     "labels/stress": ("structure", (3, 3), "float64"),
 }
 OPTIONAL = {"structures/input_index"}  # files from other producers may lack it: 0..S-1 then
-_CHUNK = {"atom": 4096, "structure": 512}
+_CHUNK = {"atom": 1024, "structure": 256}  # ~24 kB per chunk: cheap random access
 _BATCH_RE = re.compile(r"^(\d{9})\.npz$")
 
 
@@ -496,40 +496,38 @@ class DatasetWriter:
 
     def compact(self) -> None:
         """Fold journal batches into ``path``: copy, append, fsync, atomic rename; then drop the batches."""
-        applied = self.header["journal_seq"]
-        batches = []
+        start = time.monotonic()
+        applied, last, loaded = self.header["journal_seq"], None, []
         for seq, batch in _journal_batches(self.journal):
-            if seq <= applied:
+            try:
+                with np.load(batch, allow_pickle=False) as z:
+                    data = {k: z[k] for k in z.files}
+            except Exception as exc:  # a renamed batch is whole; this means disk damage: stop, lose nothing
+                raise RuntimeError(f"journal batch {batch} is unreadable ({exc}); it was left in place") from None
+            if str(data["uid"]) != self.header["uid"]:  # keep it (labels are precious) but out of the way
+                batch.rename(batch.with_suffix(".orphaned"))
+                warnings.warn(f"{batch} belongs to another file that was named {self.path.name}; "
+                              f"moved it to {batch.with_suffix('.orphaned').name}, not mixed in")
+            elif seq <= applied:
                 batch.unlink()  # folded in before a kill stopped the clean-up
             else:
-                batches.append((seq, batch))
-        start = time.monotonic()
-        if batches:
-            loaded = []
-            for seq, batch in batches:
-                try:
-                    with np.load(batch, allow_pickle=False) as z:
-                        data = {k: z[k] for k in z.files}
-                except Exception as exc:  # a renamed batch is whole; this means disk damage: stop, lose nothing
-                    raise RuntimeError(f"journal batch {batch} is unreadable ({exc}); it was left in place") from None
-                if str(data["uid"]) != self.header["uid"]:
-                    warnings.warn(f"ignoring {batch}: it belongs to another file that was named {self.path.name}")
-                    continue
                 loaded.append(data)
+                last = seq
+        if loaded:
             tmp = _tmp_path(self.path)
             shutil.copyfile(self.path, tmp)
             with h5py.File(tmp, "r+") as f:
-                for data in loaded:
-                    for name in SCHEMA:
-                        _append(f[name], data[name.replace("/", ".")])
+                for name in SCHEMA:  # one resize per dataset, however many batches
+                    _append(f[name], np.concatenate([data[name.replace("/", ".")] for data in loaded]))
                 self._merge_failures(f, loaded)
-                f.attrs["journal_seq"] = batches[-1][0]
+                f.attrs["journal_seq"] = last
             _fsync_file(tmp)
             os.replace(tmp, self.path)  # the new file is whole; the old one stays until this instant
             _fsync_dir(self.path.parent)
-            self.header["journal_seq"] = batches[-1][0]
-            for _, batch in batches:
-                batch.unlink()
+            self.header["journal_seq"] = last
+            for seq, batch in _journal_batches(self.journal):
+                if seq <= last:
+                    batch.unlink()
         self._last_compact = time.monotonic()
         self.compact_interval = max(self._min_interval, 20.0 * (self._last_compact - start))
 

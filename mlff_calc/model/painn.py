@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from .fused import fused_message
+
 
 class GaussianRBF(nn.Module):
     """``num_rbf`` Gaussians with centres evenly spaced on [0, cutoff] and width equal to the spacing.
@@ -64,7 +66,12 @@ class PaiNNMessage(nn.Module):
         filters: torch.Tensor,  # (E, 3F): radial filter of this block, already times the cutoff
         directions: torch.Tensor,  # (E, 3): unit vectors r_ij / |r_ij|
         edge_index: torch.Tensor,  # (2, E)
+        csr: tuple[torch.Tensor, ...] | None = None,  # (rowptr, reverse edges, pair of each edge): fused path
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if csr is not None:
+            rowptr, reverse, half = csr
+            ds, dv = fused_message(self.scalar_mlp(s), filters, directions, v, rowptr, edge_index[1], reverse, half)
+            return s + ds, v + dv
         i, j = edge_index
         x = self.scalar_mlp(s)[j] * filters  # (E, 3F)
         ds, dv_dir, dv_vec = torch.split(x, self.hidden_dim, dim=-1)
@@ -114,17 +121,38 @@ class PaiNN(nn.Module):
         self.updates = nn.ModuleList(PaiNNUpdate(hidden_dim) for _ in range(num_interactions))
 
     def forward(
-        self, atomic_numbers: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor
+        self,
+        atomic_numbers: torch.Tensor,
+        vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        csr: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """atomic_numbers ``(N,)``, edge vectors ``(E, 3)`` Å, edge_index ``(2, E)`` -> ``(N, F)``."""
+        """atomic_numbers ``(N,)``, edge vectors ``(E, 3)`` Å, edge_index ``(2, E)`` -> ``(N, F)``.
+
+        ``csr = (rowptr, reverse)`` selects the fused CPU message (first derivatives only).
+        """
         distances = torch.linalg.vector_norm(vectors, dim=-1)  # (E,); > 0, overlapping atoms are refused upstream
         directions = vectors / distances[:, None]
-        filters = self.filter_net(self.rbf(distances)) * self.cutoff_fn(distances)[:, None]
-        filters = torch.split(filters, 3 * self.hidden_dim, dim=-1)
+        pair_distances, half = distances, None
+        if csr is not None:
+            # Filters depend on |r_ij| only: compute them once per pair (edge e < rev[e]) and let both
+            # directions read the same row.
+            reverse = csr[1]
+            order = torch.arange(reverse.shape[0], device=reverse.device)
+            canonical = order < reverse
+            half = (torch.cumsum(canonical, 0) - 1)[torch.minimum(order, reverse)]
+            pair_distances = distances[canonical]
+            csr = (csr[0], reverse, half)
+        # (rbf(d) W + b) fc(d) as one matrix product: append fc(d) to the basis and b to the weights,
+        # so the (edges, 3F x blocks) filter matrix is written once, not three times.
+        envelope = self.cutoff_fn(pair_distances)[:, None]
+        basis = torch.cat([self.rbf(pair_distances) * envelope, envelope], dim=-1)
+        weight = torch.cat([self.filter_net.weight, self.filter_net.bias[:, None]], dim=1)
+        filters = torch.split(nn.functional.linear(basis, weight), 3 * self.hidden_dim, dim=-1)
 
         s = self.embedding(atomic_numbers)
         v = s.new_zeros((s.shape[0], 3, self.hidden_dim))
         for message, update, w in zip(self.messages, self.updates, filters):
-            s, v = message(s, v, w, directions, edge_index)
+            s, v = message(s, v, w, directions, edge_index, csr)
             s, v = update(s, v)
         return s

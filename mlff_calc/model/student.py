@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .. import _keys as K
-from ..neighbors import batch_neighbor_list, edge_vectors
+from ..neighbors import batch_neighbor_list, csr_rowptr, edge_vectors, reverse_edges
+from . import fused
 from .grad_output import energy_with_derivatives
 from .painn import PaiNN
 
@@ -63,6 +64,9 @@ class StudentForceField(nn.Module):
         self.register_buffer("shift", torch.zeros(()))  # eV per atom
         # Free-form information carried in checkpoints (teacher, elements seen in training, metrics ...).
         self.metadata: dict[str, Any] = {}
+        # Fused CPU kernels for inference (eval mode, CPU tensors); training always runs eager PyTorch,
+        # whose graph can be differentiated twice (forces in the loss).
+        self.fused = True
 
     # ---- configuration -------------------------------------------------------------------------------
     @property
@@ -94,9 +98,26 @@ class StudentForceField(nn.Module):
     def atomic_energies(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-atom energies ``(N,)`` in eV from positions, cell, shifts and edges in ``data``."""
         numbers = data[K.ATOMIC_NUMBERS]
-        features = self.representation(numbers, edge_vectors(data), data[K.EDGE_INDEX])
+        csr = None
+        if self.use_fused_path(data):
+            edge_index = data[K.EDGE_INDEX]
+            reverse = data.get(K.EDGE_REVERSE)
+            if reverse is None:
+                reverse = reverse_edges(edge_index, data[K.CELL_SHIFTS], numbers.shape[0])
+            csr = (csr_rowptr(edge_index[0], numbers.shape[0]), reverse)
+        features = self.representation(numbers, edge_vectors(data), data[K.EDGE_INDEX], csr)
         out = self.readout(features).squeeze(-1)
         return self.scale * out + self.shift + self.atom_ref[numbers]
+
+    def use_fused_path(self, data: dict[str, torch.Tensor]) -> bool:
+        """Fused kernels run for CPU inference when they could be built here; eager PyTorch otherwise."""
+        return (
+            self.fused
+            and not self.training
+            and self.device.type == "cpu"
+            and data[K.EDGE_INDEX].shape[1] > 0
+            and fused.available()
+        )
 
     def forward(
         self,
@@ -153,6 +174,8 @@ class StudentForceField(nn.Module):
             edge_index, shifts = data[K.EDGE_INDEX], data[K.CELL_SHIFTS]
         out[K.EDGE_INDEX] = torch.as_tensor(edge_index, dtype=torch.long, device=device)
         out[K.CELL_SHIFTS] = torch.as_tensor(shifts, device=device).to(dtype)
+        if data.get(K.EDGE_REVERSE) is not None and data.get(K.EDGE_INDEX) is not None:
+            out[K.EDGE_REVERSE] = torch.as_tensor(data[K.EDGE_REVERSE], dtype=torch.long, device=device)
         return out
 
     # ---- persistence ---------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
 
 Names: ``emt`` (ASE, tests), ``orb-v2``, ``gfn2-xtb``, ``sevennet-0``, ``package.module:callable``.
 ``teacher_spec(name, options)`` is the JSON-safe record stored with every label.
+``compute_labels(calc, atoms)`` runs one checked teacher call; failures raise :class:`TeacherError`.
+
+Each teacher lives in its own module and imports its (heavy, optional) package only when built.
 """
 
 from __future__ import annotations
@@ -12,22 +15,25 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from . import custom, emt, orb, sevennet, xtb
+from .labels import TeacherError, compute_labels
 
-def _emt(**options: Any) -> Calculator:
-    from ase.calculators.emt import EMT
-
-    return EMT(**options)
-
-
-# name -> factory(**options). Other modules of this package add their teachers here.
-TEACHERS = {"emt": _emt}
+# name -> factory(**options); ValueError for bad options, never a bare TypeError.
+TEACHERS = {
+    "emt": emt.build,
+    "orb-v2": orb.build,
+    "gfn2-xtb": xtb.build,
+    "sevennet-0": sevennet.build,
+}
 
 
 def load_teacher(name: str, **options: Any) -> Calculator:
-    """Build the teacher ``name`` with ``options``; ``ValueError`` for an unknown name."""
+    """Build the teacher ``name`` with ``options``; ``ValueError`` for an unknown name or a bad option."""
     key = name.lower()
     if key in TEACHERS:
         return TEACHERS[key](**options)
+    if ":" in name:
+        return custom.build(name, **options)
     raise ValueError(f"unknown teacher {name!r}; choose one of {sorted(TEACHERS)} or give package.module:callable")
 
 
@@ -35,3 +41,6 @@ def teacher_spec(name: str, options: dict[str, Any] | None = None) -> dict[str, 
     """JSON-safe description of a teacher, stored in datasets and checkpoints."""
     return {"name": name, "options": {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
                                       for k, v in sorted((options or {}).items())}}
+
+
+__all__ = ["TEACHERS", "TeacherError", "compute_labels", "load_teacher", "teacher_spec"]

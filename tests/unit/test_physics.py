@@ -1,4 +1,5 @@
-"""The student passes the reusable physics checks, with every weight randomised."""
+"""The student passes the reusable physics checks, with every weight randomised, on every path:
+the fused CPU kernels (the calculator's default), the eager PyTorch reference, and with a skin."""
 
 import pytest
 
@@ -17,6 +18,8 @@ def random_student(hidden_dim: int = 16, seed: int = 0) -> StudentForceField:
 
 
 _MODEL = random_student()
+_EAGER = random_student()
+_EAGER.fused = False
 
 
 class TestStudentPhysics(CalculatorPhysicsTests):
@@ -33,3 +36,12 @@ class TestStudentPhysicsWithSkin(CalculatorPhysicsTests):
 
     def make_calculator(self, dtype):
         return StudentCalculator(_MODEL, device="cpu", dtype=dtype, skin=2.0)
+
+
+class TestStudentPhysicsEager(CalculatorPhysicsTests):
+    """The eager PyTorch path (used for training and on GPUs)."""
+
+    cutoff = 5.0
+
+    def make_calculator(self, dtype):
+        return StudentCalculator(_EAGER, device="cpu", dtype=dtype)

@@ -1,0 +1,196 @@
+"""Resumable labelling: run a teacher over every frame of a structure file into a dataset file.
+
+Each input frame is labelled at most once, in input order. Frames are committed in small batches (see
+:class:`~mlff_calc.data.hdf5.DatasetWriter`), so a killed run loses only the frames in flight, and
+re-running the same call resumes: frames already labelled, or already failed, are skipped. The file
+records the teacher, the input fingerprint and the shard, and a resumed run refuses to mix in others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .hdf5 import DatasetWriter, read_header
+
+try:  # the shared teacher call (validates shapes, finiteness, SCF convergence)
+    from ..teachers import TeacherError, compute_labels
+except ImportError:  # older teachers module: an equivalent local call
+
+    class TeacherError(RuntimeError):
+        """The teacher failed on a frame, or gave a non-finite or malformed result."""
+
+    def compute_labels(calc, atoms) -> dict[str, Any]:
+        """``{"energy": float eV, "forces": (n, 3) eV/Å, "stress": (3, 3) eV/Å³ or None}``."""
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        atoms = atoms.copy()
+        atoms.calc = calc
+        try:
+            energy = float(atoms.get_potential_energy())
+            forces = np.array(atoms.get_forces(), dtype=np.float64)
+            stress = None
+            if atoms.pbc.all():
+                try:
+                    stress = np.array(atoms.get_stress(voigt=False), dtype=np.float64)
+                except PropertyNotImplementedError:
+                    stress = None
+        except Exception as exc:
+            raise TeacherError(f"{type(exc).__name__}: {exc}") from exc
+        if forces.shape != (len(atoms), 3):
+            raise TeacherError(f"forces have shape {forces.shape}, expected {(len(atoms), 3)}")
+        if not (np.isfinite(energy) and np.isfinite(forces).all()) or (stress is not None and not np.isfinite(stress).all()):
+            raise TeacherError("non-finite energy, forces or stress")
+        return {"energy": energy, "forces": forces, "stress": stress}
+
+
+def read_structures(path: str | os.PathLike) -> list:
+    """All frames of any ASE-readable file; clear errors for a missing, unreadable or empty file."""
+    import ase.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such structure file: {path}")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ASE raises many types for a bad file; all mean "cannot read it"
+        raise ValueError(f"cannot read structures from {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise ValueError(f"{path} contains no structures")
+    return frames
+
+
+def fingerprint(frames: list) -> str:
+    """sha256 of every frame's atomic numbers, positions, cell and pbc (what the labels depend on)."""
+    h = hashlib.sha256()
+    for atoms in frames:
+        for a in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64),
+                  np.asarray(atoms.cell, dtype=np.float64), atoms.pbc.astype(bool)):
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; None -> ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in (text.split("/") if isinstance(text, str) else text))
+    except (ValueError, TypeError):
+        raise ValueError(f"--shard expects I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {i}/{n}: need 0 <= I < N")
+    return i, n
+
+
+@dataclass
+class LabelReport:
+    """What one labelling call did (frames are input indices)."""
+
+    shard_frames: int  # frames in this shard of the input
+    labelled_before: int  # already in the file when the call started
+    labelled_now: int
+    failed_now: list[tuple[int, str]] = field(default_factory=list)
+    failed_total: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.labelled_before + self.labelled_now
+
+
+def label_file(structures: str | os.PathLike, out: str | os.PathLike, teacher: str,
+               options: dict[str, Any] | None = None, *, batch_size: int = 16, commit_interval: float = 5.0,
+               shard: str | tuple[int, int] | None = None, retry_failures: bool = False,
+               progress: bool = True, compact_interval: float = 60.0) -> LabelReport:
+    """Label every frame of ``structures`` (of shard ``I/N``: index % N == I) with ``teacher`` into ``out``.
+
+    Commits after ``batch_size`` frames or ``commit_interval`` seconds, whichever comes first.
+    Teacher failures are recorded in ``/failures`` and skipped; ``retry_failures`` tries them again.
+    """
+    from ..teachers import load_teacher, teacher_spec
+    from .. import __version__
+
+    if batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    options = dict(options or {})
+    shard = parse_shard(shard)
+    frames = read_structures(structures)
+    spec = teacher_spec(teacher, options)
+    source = {"path": str(Path(structures).resolve()), "sha256": fingerprint(frames), "n_frames": len(frames),
+              "shard": list(shard)}
+    out = Path(out)
+    if out.exists():
+        _check_same_job(out, spec, source)
+
+    provenance = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": "label",
+                  "mlff_calc_version": __version__, "input": source}
+    start = time.monotonic()
+    with DatasetWriter(out, spec, provenance, compact_interval=compact_interval) as writer:
+        labelled, failed = writer.done()
+        mine = [i for i in range(len(frames)) if i % shard[1] == shard[0]]
+        todo = [i for i in mine if i not in labelled and (retry_failures or i not in failed)]
+        report = LabelReport(len(mine), len(labelled), 0)
+        if todo:
+            calc = load_teacher(teacher, **options)
+            report = _run(frames, todo, calc, writer, report, batch_size, commit_interval, progress)
+        report.failed_total = dict(failed, **dict(report.failed_now))
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _check_same_job(out: Path, spec: dict[str, Any], source: dict[str, Any]) -> None:
+    """Refuse to resume into a file written by another teacher, input or shard."""
+    header = read_header(out)
+    if header["teacher"] != spec:
+        raise ValueError(f"{out} holds labels from teacher {header['teacher']}, not {spec}; "
+                         "use another --out (or the same teacher and options to resume)")
+    old = header["provenance"].get("input", {})
+    if old.get("sha256") != source["sha256"]:
+        raise ValueError(f"{out} was labelled from a different input ({old.get('path')}, "
+                         f"{old.get('n_frames')} frames, sha256 {str(old.get('sha256'))[:12]}) than "
+                         f"{source['path']} ({source['n_frames']} frames, sha256 {source['sha256'][:12]}); "
+                         "use another --out")
+    if list(old.get("shard", [0, 1])) != source["shard"]:
+        raise ValueError(f"{out} holds shard {'/'.join(map(str, old.get('shard')))}, not "
+                         f"{'/'.join(map(str, source['shard']))}")
+
+
+def _run(frames, todo, calc, writer: DatasetWriter, report: LabelReport, batch_size: int,
+         commit_interval: float, progress: bool) -> LabelReport:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=report.shard_frames, initial=report.labelled_before, unit="frame",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    last_commit = time.monotonic()
+    try:
+        for i in todo:
+            atoms = frames[i]
+            try:
+                labels = compute_labels(calc, atoms)
+                frame = {"atomic_numbers": atoms.numbers, "positions": atoms.positions, "cell": np.asarray(atoms.cell),
+                         "pbc": atoms.pbc, "input_index": i, **labels}
+                writer.add(frame)  # re-checks shapes and finiteness: a wrong label is never written
+                report.labelled_now += 1
+            except Exception as exc:  # any teacher failure: record, skip, go on
+                reason = str(exc) if isinstance(exc, TeacherError) else f"{type(exc).__name__}: {exc}"
+                reason = " ".join(reason.split())[:300] or type(exc).__name__
+                writer.add_failure(i, reason)
+                report.failed_now.append((i, reason))
+                bar.set_postfix(failed=len(report.failed_now), refresh=False)
+            bar.update(1)
+            if writer.n_pending >= batch_size or time.monotonic() - last_commit >= commit_interval:
+                writer.commit()
+                last_commit = time.monotonic()
+    finally:
+        bar.close()
+    return report

@@ -1,0 +1,110 @@
+"""A torch ``Dataset`` over an HDF5 dataset file, a ``collate`` for variable-size structures, and splits.
+
+Item (one structure of ``n`` atoms; keys from :mod:`mlff_calc._keys`)::
+
+    atomic_numbers (n,)       int64
+    positions      (n, 3)     float | Å
+    cell           (1, 3, 3)  float | Å, rows are lattice vectors
+    pbc            (1, 3)     bool
+    n_atoms        (1,)       int64
+    energy         (1,)       float | eV
+    forces         (n, 3)     float | eV/Å
+    stress         (1, 3, 3)  float | eV/Å³, NaN where the teacher gave none
+
+``collate`` concatenates ``B`` items into one batch with ``N`` atoms: the per-structure tensors become
+``(B, ...)``, the per-atom ones ``(N, ...)``, and ``batch (N,)`` says which structure each atom is in.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import _keys as K
+from .hdf5 import DatasetReader
+
+N_ATOMS = "n_atoms"  # (B,) int64 | atoms per structure
+_PER_ATOM = (K.ATOMIC_NUMBERS, K.POSITIONS, K.FORCES)
+_PER_STRUCTURE = (K.CELL, K.PBC, N_ATOMS, K.ENERGY, K.STRESS)
+
+
+class H5Dataset(torch.utils.data.Dataset):
+    """Structures of ``path`` as dicts of tensors (see the module docstring).
+
+    ``dtype``: float dtype of the tensors (float64 = the stored precision). ``preload``: read the whole
+    file into memory once (fast epochs); otherwise every item is read lazily, and the HDF5 handle is
+    reopened in each DataLoader worker.
+    """
+
+    def __init__(self, path: str | os.PathLike | DatasetReader, dtype: torch.dtype = torch.float64,
+                 preload: bool = False):
+        self.reader = path if isinstance(path, DatasetReader) else DatasetReader(path)
+        self.dtype = dtype
+        self._arrays = self.reader.arrays() if preload else None
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _frame(self, i: int) -> dict:
+        if self._arrays is None:
+            return self.reader.frame(i)
+        a, o = self._arrays, self.reader.offsets
+        atoms = slice(o[i], o[i + 1])
+        return {"atomic_numbers": a["structures/atomic_numbers"][atoms], "positions": a["structures/positions"][atoms],
+                "cell": a["structures/cells"][i], "pbc": a["structures/pbc"][i], "energy": a["labels/energy"][i],
+                "forces": a["labels/forces"][atoms], "stress": a["labels/stress"][i]}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} structures")
+        fr = self._frame(int(i) % len(self))
+        real = dict(dtype=self.dtype)
+        return {
+            K.ATOMIC_NUMBERS: torch.as_tensor(np.asarray(fr["atomic_numbers"], dtype=np.int64)),
+            K.POSITIONS: torch.tensor(fr["positions"], **real),
+            K.CELL: torch.tensor(fr["cell"], **real).reshape(1, 3, 3),
+            K.PBC: torch.tensor(np.asarray(fr["pbc"], dtype=bool)).reshape(1, 3),
+            N_ATOMS: torch.tensor([len(fr["atomic_numbers"])], dtype=torch.int64),
+            K.ENERGY: torch.tensor([fr["energy"]], **real),
+            K.FORCES: torch.tensor(fr["forces"], **real),
+            K.STRESS: torch.tensor(fr["stress"], **real).reshape(1, 3, 3),
+        }
+
+
+def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = None) -> dict[str, torch.Tensor]:
+    """Concatenate items into one batch, adding ``batch (N,)``.
+
+    With ``cutoff`` (Å) also precompute the neighbour list: ``edge_index (2, E)`` int64 (offset into the
+    batch) and ``cell_shifts (E, 3)`` in the positions' dtype; otherwise the model builds it itself.
+    Use ``functools.partial(collate, cutoff=5.0)`` as a DataLoader ``collate_fn``.
+    """
+    if not items:
+        raise ValueError("cannot collate an empty list of structures")
+    out = {key: torch.cat([it[key] for it in items]) for key in (*_PER_ATOM, *_PER_STRUCTURE)}
+    out[K.BATCH] = torch.repeat_interleave(torch.arange(len(items)), out[N_ATOMS])
+    if cutoff is not None:
+        from ..neighbors import batch_neighbor_list
+
+        pos = out[K.POSITIONS]
+        edges, shifts = batch_neighbor_list(pos.detach().cpu().double().numpy(), out[K.CELL].double().numpy(),
+                                            out[K.PBC].numpy(), out[N_ATOMS].numpy(), cutoff)
+        out[K.EDGE_INDEX] = torch.as_tensor(np.asarray(edges, dtype=np.int64))
+        out[K.CELL_SHIFTS] = torch.as_tensor(np.asarray(shifts)).to(pos.dtype)
+    return out
+
+
+def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Deterministic, disjoint random split of ``range(n)``: one sorted int64 array per fraction.
+
+    Fractions must be non-negative and sum to at most 1; sizes are rounded so that, when they sum to 1,
+    every index lands in exactly one part. The same ``(n, fractions, seed)`` always gives the same split.
+    """
+    f = np.asarray(fractions, dtype=np.float64)
+    if n < 0 or (f < 0).any() or f.sum() > 1 + 1e-9:
+        raise ValueError(f"need n >= 0 and non-negative fractions summing to <= 1, got n={n}, {tuple(fractions)}")
+    bounds = np.rint(np.concatenate([[0.0], np.cumsum(f)]) * n).astype(np.int64).clip(0, n)
+    order = np.random.default_rng(seed).permutation(n)
+    return tuple(np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
