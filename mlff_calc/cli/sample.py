@@ -23,17 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 100)")
     parser.add_argument("--interval", type=int, default=10, metavar="STEPS",
                         help="MD steps between kept frames (default: 10)")
-    parser.add_argument("--timestep", type=float, default=1.0, metavar="FS", help="MD time step in fs (default: 1)")
+    parser.add_argument("--timestep", type=float, default=1.0, metavar="FS",
+                        help="MD time step in fs (default: 1)")
     parser.add_argument("--friction", type=float, default=0.01, metavar="1/FS",
                         help="Langevin friction in 1/fs (default: 0.01)")
     parser.add_argument("--warmup", type=int, default=0, metavar="STEPS",
-                        help="MD steps before the first kept frame, to reach the target temperature (default: 0)")
+                        help="MD steps before the first kept frame, to reach the target temperature "
+                             "(default: 0)")
     parser.add_argument("--rattle", type=float, default=0.05, metavar="STD",
-                        help="Gaussian displacement std in Å for rattled frames; 0 disables them (default: 0.05)")
+                        help="Gaussian displacement std in Å for rattled frames; 0 disables them "
+                             "(default: 0.05)")
     parser.add_argument("--strain", type=float, default=0.02, metavar="MAX",
                         help="largest strain component for strained cells (fully periodic seeds only); "
                              "0 disables them (default: 0.02)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same frames (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; same seed, same frames (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     counts: dict[str, int] = {}
-    total = len(seeds) * config.frames
+    total = sum(n for _, atoms in seeds for *_, n in config.plan(atoms))
     with tqdm(total=total, unit="frame", desc="sample", disable=args.quiet, file=sys.stderr) as bar:
         def on_frame(frame) -> None:
             counts[frame.info["mode"]] = counts.get(frame.info["mode"], 0) + 1

@@ -1,11 +1,13 @@
 """Sampling: diverse configurations around seed structures, for the teacher to label afterwards.
 
-Three modes, each seed structure's ``frames`` split evenly across them (earlier modes get the remainder):
+Three modes, each seed structure's ``frames`` split evenly across them (earlier modes get the remainder;
+see :meth:`SamplingConfig.plan`, which also covers single-atom seeds):
 
 * ``md``: Langevin MD driven by the teacher, one trajectory per temperature. Velocities start from a
-  Maxwell-Boltzmann distribution; after ``warmup`` steps, every ``interval``-th step is kept. A trajectory that blows up
-  (teacher error, non-finite forces or positions, kinetic temperature above ``BLOWUP_FACTOR`` x target)
-  stops with a :class:`SamplingWarning`; nothing after the last good frame is kept.
+  Maxwell-Boltzmann distribution; after ``warmup`` steps, every ``interval``-th step is kept. A
+  trajectory that blows up (teacher error, non-finite forces or positions, kinetic temperature above
+  ``BLOWUP_FACTOR`` x target; checked every step) stops with a :class:`SamplingWarning`; nothing after
+  the last good frame is kept.
 * ``rattle``: the seed with Gaussian displacements, std drawn per frame in [0.5, 1.5] x ``rattle`` (Å).
 * ``strain`` (fully periodic seeds only): the cell deformed by a random symmetric strain with
   components in [-``strain``, ``strain``], atoms scaled with it, then rattled like ``rattle`` frames
@@ -34,16 +36,28 @@ from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+try:  # ASE >= 3.29 (MaxwellBoltzmannDistribution is deprecated there)
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # pragma: no cover - older ASE
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    def thermalize_momenta(atoms, temperature_K, *, rng=None):
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
 
 BLOWUP_FACTOR = 10.0  # an MD trajectory hotter than this many times its target has blown up
-_MODE_IDS = {"md": 0, "rattle": 1, "strain": 2}
+_MODE_IDS = {"md": 0, "rattle": 1, "strain": 2, "seed": 3}
 _KEPT_INFO = ("charge", "spin", "multiplicity")  # electronic state, not a label
 _KEPT_ARRAYS = ("initial_charges", "initial_magmoms")
 
 
 class SamplingWarning(UserWarning):
     """An MD trajectory was stopped early (blow-up); the frames before it are kept."""
+
+
+class _BlowUp(Exception):
+    """Raised by the per-step check inside an MD run; carries the reason."""
 
 
 @dataclass(frozen=True)
@@ -64,30 +78,37 @@ class SamplingConfig:
         temps = tuple(float(t) for t in self.temperatures)
         object.__setattr__(self, "temperatures", temps)
         checks = [
-            (len(temps) > 0 and all(np.isfinite(t) and t > 0 for t in temps), "temperatures must be > 0 K"),
-            (int(self.frames) >= 1, "frames must be >= 1"),
-            (int(self.interval) >= 1, "interval must be >= 1 step"),
-            (0 < self.timestep <= 10, "timestep must be in (0, 10] fs"),
-            (self.friction > 0, "friction must be > 0 (1/fs)"),
-            (int(self.warmup) >= 0, "warmup must be >= 0 steps"),
-            (0 <= self.rattle <= 1, "rattle must be in [0, 1] Å"),
-            (0 <= self.strain < 0.5, "strain must be in [0, 0.5)"),
+            (len(temps) > 0 and all(np.isfinite(t) and t > 0 for t in temps),
+             "temperatures must be > 0 K", temps),
+            (int(self.frames) >= 1, "frames must be >= 1", self.frames),
+            (int(self.interval) >= 1, "interval must be >= 1 step", self.interval),
+            (0 < self.timestep <= 10, "timestep must be in (0, 10] fs", self.timestep),
+            (self.friction > 0, "friction must be > 0 (1/fs)", self.friction),
+            (int(self.warmup) >= 0, "warmup must be >= 0 steps", self.warmup),
+            (0 <= self.rattle <= 1, "rattle must be in [0, 1] Å", self.rattle),
+            (0 <= self.strain < 0.5, "strain must be in [0, 0.5)", self.strain),
         ]
-        for ok, message in checks:
+        for ok, message, value in checks:
             if not ok:
-                raise ValueError(f"{message}, got {self}")
+                raise ValueError(f"{message}, got {value}")
 
-    def modes(self, atoms: Atoms) -> list[tuple[str, float, int]]:
-        """``[(mode, temperature, stream)]`` for ``atoms``: MD at each temperature, then rattle, then strain.
+    def plan(self, atoms: Atoms) -> list[tuple[str, float, int, int]]:
+        """``[(mode, temperature, stream, n_frames)]`` for the seed ``atoms``.
 
-        ``stream`` numbers the random stream of the mode (the temperature's position for MD).
+        MD at each temperature, then rattle, then strain (fully periodic only), ``frames`` split evenly.
+        A single atom has nothing to sample but strain (with FixCom it cannot even move): it gets strain
+        frames when periodic, else one ``seed`` frame, the structure itself. ``stream`` numbers the
+        random stream of the mode (the temperature's position for MD).
         """
-        modes = [("md", t, i) for i, t in enumerate(self.temperatures)]
-        if self.rattle > 0:
+        movable = len(atoms) > 1
+        modes = [("md", t, i) for i, t in enumerate(self.temperatures)] if movable else []
+        if self.rattle > 0 and movable:
             modes.append(("rattle", 0.0, 0))
         if self.strain > 0 and atoms.pbc.all():
             modes.append(("strain", 0.0, 0))
-        return modes
+        if not modes:
+            return [("seed", 0.0, 0, 1)]
+        return [(*mode, n) for mode, n in zip(modes, split_frames(self.frames, len(modes))) if n > 0]
 
 
 def read_structures(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Atoms]]:
@@ -145,18 +166,18 @@ def sample_structures(
     ``on_frame`` is called for every yielded frame (progress bars). Order and content are deterministic.
     """
     for seed_index, (source, seed_atoms) in enumerate(seeds):
-        modes = config.modes(seed_atoms)
-        for n, (mode, temperature, stream) in zip(split_frames(config.frames, len(modes)), modes):
-            if n == 0:
-                continue
+        for mode, temperature, stream, n in config.plan(seed_atoms):
             key = [config.seed, seed_index, _MODE_IDS[mode], stream]
             rng = np.random.default_rng(np.random.SeedSequence(key))
             if mode == "md":
                 frames = md_frames(seed_atoms, calc, temperature, n, config, rng, label=source)
             elif mode == "rattle":
                 frames = rattle_frames(seed_atoms, n, config.rattle, rng)
-            else:
+            elif mode == "strain":
                 frames = strain_frames(seed_atoms, n, config.strain, config.rattle, rng)
+            else:
+                frames = [_bare_copy(seed_atoms, seed_atoms.positions, seed_atoms.cell.array)]
+                frames[0].info["step"] = 0
             for frame in frames:
                 frame.info.update(seed_index=seed_index, source=source, mode=mode, temperature=temperature)
                 if on_frame is not None:
@@ -180,7 +201,7 @@ def md_frames(
     """
     work = atoms.copy()
     work.calc = calc
-    MaxwellBoltzmannDistribution(work, temperature_K=temperature, rng=rng)
+    thermalize_momenta(work, temperature_K=temperature, rng=rng)
     Stationary(work)
     if not work.pbc.any():
         ZeroRotation(work)  # a free molecule's rotation is not sampling anything new
@@ -190,21 +211,29 @@ def md_frames(
     work.get_forces()  # teacher errors here are real errors, not MD blow-ups
     dyn = Langevin(work, timestep=config.timestep * units.fs, temperature_K=temperature,
                    friction=config.friction / units.fs, fixcm=False, rng=rng)
+
+    def check() -> None:  # after every step: stop at the first bad one, not at the next kept frame
+        reason = _blowup_reason(work, temperature)
+        if reason:
+            raise _BlowUp(reason)
+
+    dyn.attach(check, interval=1)
     where = f"MD of {label} at {temperature:g} K" if label else f"MD at {temperature:g} K"
     for k in range(1, n_frames + 1):
         steps = config.interval + (config.warmup if k == 1 else 0)
-        step = config.warmup + k * config.interval
+        reason = None
         try:
             dyn.run(steps)
-            reason = _blowup_reason(work, temperature)
+        except _BlowUp as exc:
+            reason = str(exc)
         except Exception as exc:  # a teacher failing on a distorted geometry mid-run
             reason = f"the teacher raised {type(exc).__name__}: {exc}"
         if reason:
-            warnings.warn(f"{where}: stopped by step {step} ({reason}); kept {k - 1} of {n_frames} frames",
-                          SamplingWarning, stacklevel=2)
+            warnings.warn(f"{where}: stopped at step {dyn.nsteps} ({reason}); "
+                          f"kept {k - 1} of {n_frames} frames", SamplingWarning, stacklevel=2)
             return
         frame = _bare_copy(atoms, work.positions, work.cell.array)
-        frame.info.update(step=step, kinetic_temperature=float(work.get_temperature()))
+        frame.info.update(step=int(dyn.nsteps), kinetic_temperature=float(work.get_temperature()))
         yield frame
 
 
@@ -223,7 +252,8 @@ def rattle_frames(atoms: Atoms, n_frames: int, std: float, rng: np.random.Genera
     """``atoms`` with i.i.d. Gaussian displacements (std ``std`` x U(0.5, 1.5) per frame, Å)."""
     for k in range(n_frames):
         scale = std * rng.uniform(0.5, 1.5)
-        frame = _bare_copy(atoms, atoms.positions + rng.normal(0.0, scale, size=(len(atoms), 3)), atoms.cell.array)
+        positions = atoms.positions + rng.normal(0.0, scale, size=(len(atoms), 3))
+        frame = _bare_copy(atoms, positions, atoms.cell.array)
         frame.info["step"] = k
         yield frame
 
@@ -252,7 +282,7 @@ def strain_frames(
 
 
 def _bare_copy(atoms: Atoms, positions: np.ndarray, cell: np.ndarray) -> Atoms:
-    """A new Atoms with ``positions``/``cell``: numbers, pbc and the electronic state of ``atoms``; no labels."""
+    """New Atoms at ``positions``/``cell``: numbers, pbc, electronic state of ``atoms``; no labels."""
     frame = Atoms(numbers=atoms.numbers, positions=positions, cell=cell, pbc=atoms.pbc)
     for name in _KEPT_ARRAYS:
         if name in atoms.arrays:

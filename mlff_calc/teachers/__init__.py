@@ -34,7 +34,8 @@ def load_teacher(name: str, **options: Any) -> Calculator:
         return TEACHERS[key](**options)
     if ":" in name:
         return custom.build(name, **options)
-    raise ValueError(f"unknown teacher {name!r}; choose one of {sorted(TEACHERS)} or give package.module:callable")
+    raise ValueError(f"unknown teacher {name!r}; choose one of {sorted(TEACHERS)} "
+                     "or give package.module:callable")
 
 
 def teacher_spec(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -24,23 +24,28 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ._options import check_options, choice, resolve_device_name
 
-ORB_V2_URL = "https://orbitalmaterials-public-models.s3.us-west-1.amazonaws.com/forcefields/orb-v2-20241011.ckpt"
+ORB_V2_URL = ("https://orbitalmaterials-public-models.s3.us-west-1.amazonaws.com/forcefields/"
+              "orb-v2-20241011.ckpt")
 OPTIONS = ("weights", "device", "precision", "compile")
 # "float32" is our alias for orb-models' recommended "float32-high".
 _PRECISIONS = {"float32": "float32-high", "float32-high": "float32-high",
                "float32-highest": "float32-highest", "float64": "float64"}
-_HINT = "pass --teacher-option weights=PATH (or --teacher-weights PATH) with a local copy of orb-v2-20241011.ckpt"
+_HINT = ("pass --teacher-option weights=PATH (or --teacher-weights PATH) "
+         "with a local copy of orb-v2-20241011.ckpt")
 
 
 def build(**options: Any) -> Calculator:
     """Load Orb-v2 and wrap it as an :class:`OrbTeacher`. ``ValueError`` for bad options or weights."""
     check_options("orb-v2", options, OPTIONS)
     try:
-        from orb_models.forcefield import pretrained
+        with warnings.catch_warnings():  # orb-models' import-time torch.jit.script deprecation: not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from orb_models.forcefield import pretrained
     except ImportError as exc:
         raise ValueError(f"teacher 'orb-v2' needs orb-models: pip install 'mlff-calc[orb]' ({exc})") from exc
     device = resolve_device_name("orb-v2", options.get("device", "auto"))
-    precision = _PRECISIONS[choice("orb-v2", "precision", options.get("precision", "float32-high"), _PRECISIONS)]
+    precision = _PRECISIONS[choice("orb-v2", "precision", options.get("precision", "float32-high"),
+                                   _PRECISIONS)]
     weights = _local_weights(options.get("weights"))
 
     kwargs = dict(weights_path=weights, device=device, precision=precision,
@@ -57,7 +62,7 @@ def build(**options: Any) -> Calculator:
 
 
 class OrbTeacher(Calculator):
-    """ORBCalculator behind a guard: no global torch state leaks, mixed pbc works, stress only when meaningful.
+    """Orb's ASE calculator behind a guard: no torch global state leaks, mixed pbc works, sane stress.
 
     * ``orb-models`` builds its input graph in torch's *default* dtype; the default is switched to the
       model's dtype only for the duration of a call and restored afterwards.
@@ -124,6 +129,8 @@ def torch_state(dtype: torch.dtype | None = None, matmul_precision: str | None =
             # orb-models announces every change of the global dtype; we undo it, so the warning is noise.
             warnings.filterwarnings("ignore", message="Setting global torch default dtype")
             warnings.filterwarnings("ignore", message="Consider passing 'precision=float32-high'")
+            # orb-models' featurisation passes an ase Cell to np.array(copy=False) (numpy 2): harmless.
+            warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy")
             if dtype is not None:
                 torch.set_default_dtype(dtype)
             if matmul_precision is not None:

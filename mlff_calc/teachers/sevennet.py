@@ -6,6 +6,7 @@ instead of the bundled 7net-0), ``modal`` (for multi-fidelity checkpoints).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ase.calculators.calculator import Calculator
@@ -19,7 +20,9 @@ def build(**options: Any) -> Calculator:
     """``SevenNetCalculator("7net-0", device=...)``; ``ValueError`` for a missing sevenn or bad options."""
     check_options("sevennet-0", options, OPTIONS)
     try:
-        from sevenn.calculator import SevenNetCalculator
+        with warnings.catch_warnings():  # sevenn's import-time torch.jit.script deprecation: not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from sevenn.calculator import SevenNetCalculator
     except ImportError as exc:
         raise ValueError(
             f"teacher 'sevennet-0' needs sevenn: pip install 'mlff-calc[sevennet]' ({exc})"
@@ -28,6 +31,9 @@ def build(**options: Any) -> Calculator:
     model = str(options.get("weights") or "7net-0")
     kwargs = {"modal": options["modal"]} if options.get("modal") is not None else {}
     try:
-        return SevenNetCalculator(model, device=device, **kwargs)
+        with warnings.catch_warnings():
+            if device == "cpu":  # the tensor-product accelerators it suggests are GPU-only
+                warnings.filterwarnings("ignore", message="No tensor product accelerator")
+            return SevenNetCalculator(model, device=device, **kwargs)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ValueError(f"could not load SevenNet model {model!r} (option 'weights'): {exc}") from exc

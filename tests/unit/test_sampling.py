@@ -98,6 +98,17 @@ def test_modes_and_counts_strain_only_for_fully_periodic(seeds):
     assert [f.info["step"] for f in md] == [3, 6, 9] * 2
 
 
+def test_single_atom_seeds_get_strain_or_themselves():
+    config = SamplingConfig(temperatures=(300, 600), **FAST)
+    primitive = bulk("Cu")  # 1 atom: MD and rattles would only translate it
+    atom = Atoms("Cu", positions=[[1.0, 2.0, 3.0]])
+    assert config.plan(primitive) == [("strain", 0.0, 0, 12)]
+    assert config.plan(atom) == [("seed", 0.0, 0, 1)]
+    frames = list(sample_structures([("p", primitive), ("a", atom)], EMT(), config))
+    assert [f.info["mode"] for f in frames] == ["strain"] * 12 + ["seed"]
+    np.testing.assert_array_equal(frames[-1].positions, atom.positions)
+
+
 def test_deterministic_for_a_seed_and_independent_of_other_structures(seeds):
     config = SamplingConfig(temperatures=(500,), seed=7, **FAST)
     first = list(sample_structures(seeds, EMT(), config))
@@ -128,8 +139,9 @@ def test_rattle_and_strain_frames(seeds):
         eps = np.linalg.solve(cell.cell.array, frame.cell.array) - np.eye(3)  # cell' = cell @ (I + eps)
         np.testing.assert_allclose(eps, eps.T, atol=1e-12)
         assert 1e-4 < np.abs(eps).max() <= 0.03 + 1e-12
+        # Atoms move with the cell: fractional coordinates are unchanged.
         np.testing.assert_allclose(frame.get_scaled_positions(wrap=False),
-                                   cell.get_scaled_positions(wrap=False), atol=1e-12)  # atoms move with the cell
+                                   cell.get_scaled_positions(wrap=False), atol=1e-12)
     with pytest.raises(ValueError, match="fully periodic"):
         list(strain_frames(seeds[1][1], 1, 0.03, 0.0, np.random.default_rng(0)))
 
