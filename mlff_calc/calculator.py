@@ -13,6 +13,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from . import _keys as K
 from .converter import AtomsConverter
 from .model.student import StudentForceField
+from .neighbors import edge_vectors
 from .utils import resolve_device, resolve_dtype
 
 
@@ -72,6 +73,60 @@ class StudentCalculator(Calculator):
     @property
     def metadata(self) -> dict:
         return self.model.metadata
+
+    def batch_calculate(self, images, properties=("energy", "forces"), max_atoms: int = 4096) -> list[dict]:
+        """Evaluate many structures in few model calls; each result equals a one-by-one ``calculate``.
+
+        Structures are packed greedily into batches of at most ``max_atoms`` atoms (a larger structure
+        gets a batch of its own). Returns one ``results``-like dict per image (stress only for fully
+        periodic images, when asked for).
+        """
+        images = list(images)
+        for atoms in images:
+            self.converter.validate(atoms)
+        results: list[dict] = []
+        start = 0
+        while start < len(images):
+            stop, n = start, 0
+            while stop < len(images) and (stop == start or n + len(images[stop]) <= max_atoms):
+                n += len(images[stop])
+                stop += 1
+            results.extend(self._evaluate_batch(images[start:stop], "stress" in properties))
+            start = stop
+        return results
+
+    def _evaluate_batch(self, images, want_stress: bool) -> list[dict]:
+        data = {
+            K.ATOMIC_NUMBERS: np.concatenate([a.numbers for a in images]),
+            K.POSITIONS: torch.as_tensor(np.concatenate([a.positions for a in images])),
+            K.CELL: torch.as_tensor(np.stack([a.cell.array for a in images])),
+            K.PBC: torch.as_tensor(np.stack([a.pbc for a in images])),
+            K.BATCH: torch.as_tensor(np.repeat(np.arange(len(images)), [len(a) for a in images])),
+        }
+        data = self.model.prepare(data)
+        distances = torch.linalg.vector_norm(edge_vectors(data), dim=-1)
+        for b, atoms in enumerate(images):  # the same overlap check as one-by-one evaluation
+            mine = data[K.BATCH][data[K.EDGE_INDEX][0]] == b
+            offset = int(np.sum([len(a) for a in images[:b]]))
+            self.converter.check_overlap(
+                atoms, data[K.EDGE_INDEX][:, mine] - offset, data[K.CELL_SHIFTS][mine], distances[mine]
+            )
+        out = self.model(data, compute_forces=True, compute_stress=want_stress)
+        out = {k: v.detach().cpu().to(torch.float64).numpy() for k, v in out.items()}
+        results, offset = [], 0
+        for b, atoms in enumerate(images):
+            n = len(atoms)
+            r = {
+                "energy": float(out[K.ENERGY][b]),
+                "free_energy": float(out[K.ENERGY][b]),
+                "energies": out[K.ENERGIES][offset : offset + n],
+                "forces": out[K.FORCES][offset : offset + n],
+            }
+            if want_stress and atoms.pbc.all():
+                r["stress"] = full_3x3_to_voigt_6_stress(out[K.STRESS][b])
+            results.append(r)
+            offset += n
+        return results
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

@@ -129,11 +129,11 @@ class AtomsConverter:
         # cached reverse map only needs renumbering.
         new_index = torch.cumsum(keep, 0) - 1
         data[K.EDGE_REVERSE] = new_index[c["reverse"][keep]]
-        self._check_overlap(atoms, data[K.EDGE_INDEX], data[K.CELL_SHIFTS], distances[keep])
+        self.check_overlap(atoms, data[K.EDGE_INDEX], data[K.CELL_SHIFTS], distances[keep])
         return data
 
     @staticmethod
-    def _check_overlap(atoms: Atoms, edge_index: torch.Tensor, shifts: torch.Tensor, distances: torch.Tensor) -> None:
+    def check_overlap(atoms: Atoms, edge_index: torch.Tensor, shifts: torch.Tensor, distances: torch.Tensor) -> None:
         if distances.numel() == 0:
             return
         closest = int(torch.argmin(distances))

@@ -119,8 +119,10 @@ def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
     i, j = data[K.EDGE_INDEX]
     pos = data[K.POSITIONS]
     shifts = data[K.CELL_SHIFTS]
-    cell_of_edge = data[K.CELL][data[K.BATCH][i]]  # (E, 3, 3)
-    return pos[j] - pos[i] + torch.einsum("ea,eab->eb", shifts, cell_of_edge)
+    cell = data[K.CELL]
+    if cell.shape[0] == 1:  # one structure (MD): no per-edge copy of the cell
+        return pos[j] - pos[i] + shifts @ cell[0]
+    return pos[j] - pos[i] + torch.einsum("ea,eab->eb", shifts, cell[data[K.BATCH][i]])
 
 
 def reverse_edges(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) -> torch.Tensor:

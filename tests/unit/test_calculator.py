@@ -180,3 +180,22 @@ def test_overlapping_atoms(model):
     cell.positions[1] = cell.positions[0] + cell.cell[2] + [0.0, 0.0, 0.03]
     with pytest.raises(ValueError, match="periodic image"):
         _calc(model).get_potential_energy(cell)
+
+
+def test_batch_calculate_equals_one_by_one(model):
+    images = [organic_molecule(), small_triclinic_cell(), slab(), small_triclinic_cell(seed=2).repeat((1, 2, 1))]
+    calc = StudentCalculator(model, device="cpu", dtype="float64")
+    batched = calc.batch_calculate(images, properties=("energy", "forces", "stress"), max_atoms=20)
+    for atoms, got in zip(images, batched):
+        atoms.calc = StudentCalculator(model, device="cpu", dtype="float64")
+        assert abs(got["energy"] - atoms.get_potential_energy()) < 1e-10
+        np.testing.assert_allclose(got["forces"], atoms.get_forces(), atol=1e-10, rtol=0)
+        np.testing.assert_allclose(got["energies"], atoms.get_potential_energies(), atol=1e-10, rtol=0)
+        if atoms.pbc.all():
+            np.testing.assert_allclose(got["stress"], atoms.get_stress(), atol=1e-10, rtol=0)
+        else:
+            assert "stress" not in got
+    bad = organic_molecule()
+    bad.positions[2] = bad.positions[1]
+    with pytest.raises(ValueError, match="overlapping"):
+        calc.batch_calculate([organic_molecule(), bad])
