@@ -148,7 +148,9 @@ class PaiNN(nn.Module):
         envelope = self.cutoff_fn(pair_distances)[:, None]
         basis = torch.cat([self.rbf(pair_distances) * envelope, envelope], dim=-1)
         weight = torch.cat([self.filter_net.weight, self.filter_net.bias[:, None]], dim=1)
-        filters = torch.split(nn.functional.linear(basis, weight), 3 * self.hidden_dim, dim=-1)
+        # One product per block: each block's filters are then contiguous, and the backward sums
+        # three small (edges, K+1) gradients instead of concatenating a (edges, 3F x blocks) one.
+        filters = [nn.functional.linear(basis, w) for w in torch.split(weight, 3 * self.hidden_dim, dim=0)]
 
         s = self.embedding(atomic_numbers)
         v = s.new_zeros((s.shape[0], 3, self.hidden_dim))
