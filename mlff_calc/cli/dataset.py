@@ -39,10 +39,15 @@ def summarize(path) -> dict[str, Any]:
     with DatasetReader(path) as r:
         a = r.arrays() if len(r) else {}
         out: dict[str, Any] = {
-            "file": str(path), "format_version": r.header["format_version"], "teacher": r.teacher,
-            "input": (r.provenance or {}).get("input"), "created": (r.provenance or {}).get("created"),
-            "structures": len(r), "atoms": int(r.n_atoms.sum()),
-            "failures": len(r.failed_index), "failure_reasons": dict(Counter(r.failed_reason).most_common()),
+            "file": str(path),
+            "format_version": r.header["format_version"],
+            "teacher": r.teacher,
+            "input": (r.provenance or {}).get("input"),
+            "created": (r.provenance or {}).get("created"),
+            "structures": len(r),
+            "atoms": int(r.n_atoms.sum()),
+            "failures": len(r.failed_index),
+            "failure_reasons": dict(Counter(r.failed_reason).most_common()),
         }
     out["pending_frames"], out["pending_failures"] = pending_frames(path)
     if not a:
@@ -53,14 +58,19 @@ def summarize(path) -> dict[str, Any]:
     f = a["labels/forces"]
     stress = a["labels/stress"]
     has_stress = np.isfinite(stress).all(axis=(1, 2))
-    out.update({
-        "n_atoms_min": int(n.min()), "n_atoms_max": int(n.max()),
-        "elements": {chemical_symbols[int(k)]: int(c) for k, c in zip(z, count)},
-        "energy_per_atom_mean": float(e_per_atom.mean()), "energy_per_atom_std": float(e_per_atom.std()),
-        "force_rms": float(np.sqrt(np.mean(f**2))), "force_max": float(np.linalg.norm(f, axis=1).max()),
-        "with_stress": int(has_stress.sum()),
-        "stress_rms": float(np.sqrt(np.mean(stress[has_stress] ** 2))) if has_stress.any() else None,
-    })
+    out.update(
+        {
+            "n_atoms_min": int(n.min()),
+            "n_atoms_max": int(n.max()),
+            "elements": {chemical_symbols[int(k)]: int(c) for k, c in zip(z, count)},
+            "energy_per_atom_mean": float(e_per_atom.mean()),
+            "energy_per_atom_std": float(e_per_atom.std()),
+            "force_rms": float(np.sqrt(np.mean(f**2))),
+            "force_max": float(np.linalg.norm(f, axis=1).max()),
+            "with_stress": int(has_stress.sum()),
+            "stress_rms": float(np.sqrt(np.mean(stress[has_stress] ** 2))) if has_stress.any() else None,
+        }
+    )
     return out
 
 
@@ -70,25 +80,48 @@ def _print_info(s: dict[str, Any]) -> None:
     rows = [("file", s["file"]), ("teacher", f"{teacher.get('name')}" + (f" ({options})" if options else ""))]
     src = s.get("input") or {}
     if src:
-        shard = f", shard {'/'.join(map(str, src['shard']))}" if src.get("shard") and src["shard"][1] > 1 else ""
-        rows.append(("input", f"{src.get('path')} ({src.get('n_frames')} frames{shard}, "
-                              f"sha256 {str(src.get('sha256'))[:12]})"))
-    rows.append(("structures", f"{s['structures']} ({s['atoms']} atoms" +
-                 (f", {s['n_atoms_min']}..{s['n_atoms_max']} per structure)" if s["structures"] else ")")))
+        shard = (
+            f", shard {'/'.join(map(str, src['shard']))}" if src.get("shard") and src["shard"][1] > 1 else ""
+        )
+        rows.append(
+            (
+                "input",
+                f"{src.get('path')} ({src.get('n_frames')} frames{shard}, "
+                f"sha256 {str(src.get('sha256'))[:12]})",
+            )
+        )
+    rows.append(
+        (
+            "structures",
+            f"{s['structures']} ({s['atoms']} atoms"
+            + (f", {s['n_atoms_min']}..{s['n_atoms_max']} per structure)" if s["structures"] else ")"),
+        )
+    )
     if s["structures"]:
         rows += [
             ("elements", ", ".join(f"{el} {c}" for el, c in s["elements"].items()) + "  (atoms)"),
-            ("energy/atom", f"mean {s['energy_per_atom_mean']:.6g} eV, std {s['energy_per_atom_std']:.4g} eV"),
+            (
+                "energy/atom",
+                f"mean {s['energy_per_atom_mean']:.6g} eV, std {s['energy_per_atom_std']:.4g} eV",
+            ),
             ("forces", f"RMS component {s['force_rms']:.4g} eV/Å, max |F| {s['force_max']:.4g} eV/Å"),
-            ("stress", f"{s['with_stress']} of {s['structures']} structures" +
-             (f", RMS component {s['stress_rms']:.4g} eV/Å³" if s["with_stress"] else "")),
+            (
+                "stress",
+                f"{s['with_stress']} of {s['structures']} structures"
+                + (f", RMS component {s['stress_rms']:.4g} eV/Å³" if s["with_stress"] else ""),
+            ),
         ]
     rows.append(("failures", str(s["failures"])))
     for reason, count in list(s["failure_reasons"].items())[:5]:
         rows.append(("", f"{count} x {reason}"))
     if s["pending_frames"] or s["pending_failures"]:
-        rows.append(("pending", f"{s['pending_frames']} frames, {s['pending_failures']} failures committed by a "
-                                "killed run, not yet in the file: re-run its `mlff-calc label` command"))
+        rows.append(
+            (
+                "pending",
+                f"{s['pending_frames']} frames, {s['pending_failures']} failures committed by a "
+                "killed run, not yet in the file: re-run its `mlff-calc label` command",
+            )
+        )
     for key, value in rows:
         print(f"{key:<12} {value}")
 
@@ -102,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "to-xyz":
         print(f"wrote {convert.to_extxyz(args.file, args.out)} structures to {args.out}")
     elif args.action == "from-xyz":
-        print(f"wrote {convert.from_extxyz(args.file, args.out, overwrite=args.overwrite)} structures to {args.out}")
+        print(f"wrote {convert.from_extxyz(args.file, args.out, args.overwrite)} structures to {args.out}")
     elif args.action == "merge":
         n, warnings = convert.merge(args.out, args.inputs, overwrite=args.overwrite)
         for w in warnings:

@@ -12,16 +12,35 @@ HELP = "label structures with a teacher into an HDF5 dataset (re-running the sam
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_teacher_arguments(parser)
-    parser.add_argument("--structures", required=True, metavar="FILE", help="any ASE-readable file; all frames")
+    parser.add_argument(
+        "--structures", required=True, metavar="FILE", help="any ASE-readable file; all frames"
+    )
     parser.add_argument("--out", required=True, metavar="DATA.h5", help="dataset file (created or resumed)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="K",
-                        help="commit after at most K frames (default 16) ...")
-    parser.add_argument("--commit-interval", type=float, default=5.0, metavar="SECONDS",
-                        help="... or after this many seconds, whichever comes first (default 5)")
-    parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="label only frames with index %% N == I (join shards with `mlff-calc dataset merge`)")
-    parser.add_argument("--retry-failures", action="store_true",
-                        help="try again the frames the teacher failed on in an earlier run")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="K",
+        help="commit after at most K frames (default 16) ...",
+    )
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="... or after this many seconds, whichever comes first (default 5)",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="label only frames with index %% N == I (join shards with `mlff-calc dataset merge`)",
+    )
+    parser.add_argument(
+        "--retry-failures",
+        action="store_true",
+        help="try again the frames the teacher failed on in an earlier run",
+    )
     parser.add_argument("--compact-interval", type=float, default=60.0, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -30,17 +49,30 @@ def run(args: argparse.Namespace) -> int:
     from ..data.labelling import label_file
 
     report = label_file(
-        args.structures, args.out, args.teacher, teacher_options(args),
-        batch_size=args.batch_size, commit_interval=args.commit_interval, shard=args.shard,
-        retry_failures=args.retry_failures, progress=not args.quiet, compact_interval=args.compact_interval,
+        args.structures,
+        args.out,
+        args.teacher,
+        teacher_options(args),
+        batch_size=args.batch_size,
+        commit_interval=args.commit_interval,
+        shard=args.shard,
+        retry_failures=args.retry_failures,
+        progress=not args.quiet,
+        compact_interval=args.compact_interval,
     )
     shard = f" of shard {args.shard}" if args.shard else ""
-    rate = report.labelled_now / report.seconds if report.seconds > 0 else 0.0
-    print(f"{args.out}: {report.done}/{report.shard_frames} frames{shard} labelled "
-          f"({report.labelled_now} now, {report.labelled_before} before; {report.seconds:.1f} s, {rate:.2f} frames/s)")
+    tried = report.labelled_now + len(report.failed_now)
+    rate = f"{tried / report.seconds:.2f} frames/s" if report.seconds > 0 else ""
+    detail = (
+        f"{report.labelled_before} before; {report.seconds:.1f} s, {rate}" if tried else "nothing left to do"
+    )
+    done = f"{report.done}/{report.shard_frames} frames{shard} labelled"
+    print(f"{args.out}: {done} ({report.labelled_now} now, {detail})")
     if report.failed_total:
-        print(f"{len(report.failed_total)} frames failed and were skipped ({len(report.failed_now)} in this run; "
-              "re-run with --retry-failures to try them again):")
+        print(
+            f"{len(report.failed_total)} frames failed and were skipped "
+            f"({len(report.failed_now)} in this run; re-run with --retry-failures to try them again):"
+        )
         for reason, count in Counter(report.failed_total.values()).most_common(5):
             frames = sorted(i for i, r in report.failed_total.items() if r == reason)
             shown = ", ".join(map(str, frames[:8])) + (", ..." if len(frames) > 8 else "")

@@ -20,8 +20,12 @@ from .labelling import fingerprint, read_structures
 def _provenance(command: str, **extra: Any) -> dict[str, Any]:
     from .. import __version__
 
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
-            "mlff_calc_version": __version__, **extra}
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "mlff_calc_version": __version__,
+        **extra,
+    }
 
 
 def _labels_of(atoms, index: int, path: Path) -> dict[str, Any]:
@@ -31,14 +35,18 @@ def _labels_of(atoms, index: int, path: Path) -> dict[str, Any]:
     results = getattr(atoms.calc, "results", None) or {}
     missing = [k for k in ("energy", "forces") if results.get(k) is None]
     if missing:
-        raise ValueError(f"frame {index} of {path} has no {' or '.join(missing)}: from-xyz needs labelled frames "
-                         "(energy= in the comment line and a forces column, as ase.io.write writes them)")
+        raise ValueError(
+            f"frame {index} of {path} has no {' or '.join(missing)}: from-xyz needs labelled frames "
+            "(energy= in the comment line and a forces column, as ase.io.write writes them)"
+        )
     stress = results.get("stress")
     if stress is not None:
         stress = np.asarray(stress, dtype=np.float64)
         stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
     energy, forces = float(results["energy"]), np.asarray(results["forces"], dtype=np.float64)
-    if not (np.isfinite(energy) and np.isfinite(forces).all() and (stress is None or np.isfinite(stress).all())):
+    if not (
+        np.isfinite(energy) and np.isfinite(forces).all() and (stress is None or np.isfinite(stress).all())
+    ):
         raise ValueError(f"frame {index} of {path} has non-finite labels")
     return {"energy": energy, "forces": forces, "stress": stress}
 
@@ -48,13 +56,29 @@ def from_extxyz(source: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     from ..teachers import teacher_spec
 
     source, out = Path(source), Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; remove it or pass --overwrite")
     atoms_list = read_structures(source)
-    frames = [{"atomic_numbers": a.numbers, "positions": a.positions, "cell": np.asarray(a.cell), "pbc": a.pbc,
-               "input_index": i, **_labels_of(a, i, source)} for i, a in enumerate(atoms_list)]
+    frames = [
+        {
+            "atomic_numbers": a.numbers,
+            "positions": a.positions,
+            "cell": np.asarray(a.cell),
+            "pbc": a.pbc,
+            "input_index": i,
+            **_labels_of(a, i, source),
+        }
+        for i, a in enumerate(atoms_list)
+    ]
     if overwrite:
         remove_dataset(out)
     spec = teacher_spec("external", {"source": source.name})
-    src = {"path": str(source.resolve()), "sha256": fingerprint(atoms_list), "n_frames": len(frames), "shard": [0, 1]}
+    src = {
+        "path": str(source.resolve()),
+        "sha256": fingerprint(atoms_list),
+        "n_frames": len(frames),
+        "shard": [0, 1],
+    }
     return write_frames(out, frames, spec, _provenance("dataset from-xyz", input=src))
 
 
@@ -68,7 +92,9 @@ def to_extxyz(path: str | os.PathLike, out: str | os.PathLike) -> int:
     return len(reader)
 
 
-def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> tuple[int, list[str]]:
+def merge(
+    out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False
+) -> tuple[int, list[str]]:
     """Join shard files of one labelling job into ``out``, in input order. Returns (frames, warnings).
 
     Refuses files from different teachers or inputs, files with frames still in their journal, and
@@ -76,20 +102,28 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bo
     """
     if not inputs:
         raise ValueError("dataset merge needs at least one input file")
+    if Path(out).exists() and not overwrite:
+        raise ValueError(f"{out} exists; remove it or pass --overwrite")
     readers = [DatasetReader(p) for p in inputs]
     for p in inputs:
         if sum(pending_frames(p)):
-            raise ValueError(f"{p} has committed frames not yet folded into it (a killed run); "
-                             "re-run its `mlff-calc label` command first")
+            raise ValueError(
+                f"{p} has committed frames not yet folded into it (a killed run); "
+                "re-run its `mlff-calc label` command first"
+            )
     first = readers[0]
     source = dict(first.provenance.get("input") or {})
     for r in readers[1:]:
         if r.teacher != first.teacher:
-            raise ValueError(f"cannot merge: {r.path} was labelled by {r.teacher}, {first.path} by {first.teacher}")
+            raise ValueError(
+                f"cannot merge: {r.path} was labelled by {r.teacher}, {first.path} by {first.teacher}"
+            )
         other = r.provenance.get("input") or {}
         if other.get("sha256") != source.get("sha256"):
-            raise ValueError(f"cannot merge: {r.path} and {first.path} were labelled from different inputs "
-                             f"({other.get('path')} vs {source.get('path')})")
+            raise ValueError(
+                f"cannot merge: {r.path} and {first.path} were labelled from different inputs "
+                f"({other.get('path')} vs {source.get('path')})"
+            )
     warnings = []
     shards = sorted(tuple(r.provenance.get("input", {}).get("shard") or (0, 1)) for r in readers)
     counts = {n for _, n in shards}
@@ -99,7 +133,9 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bo
     index = np.concatenate([r.input_index for r in readers])
     unique, seen = np.unique(index, return_counts=True)
     if (seen > 1).any():
-        raise ValueError(f"cannot merge: input frames {unique[seen > 1][:10].tolist()} appear in more than one file")
+        raise ValueError(
+            f"cannot merge: input frames {unique[seen > 1][:10].tolist()} appear in more than one file"
+        )
     order = np.argsort(index, kind="stable")
     where = [(k, j) for k, r in enumerate(readers) for j in range(len(r))]
     failures = {}
@@ -109,7 +145,9 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bo
     if overwrite:
         remove_dataset(out)
     source["shard"] = None
-    provenance = _provenance("dataset merge", input=source, merged_from=[str(Path(p).resolve()) for p in inputs])
+    provenance = _provenance(
+        "dataset merge", input=source, merged_from=[str(Path(p).resolve()) for p in inputs]
+    )
 
     def frames():
         for o in order:

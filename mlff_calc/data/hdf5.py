@@ -146,12 +146,15 @@ def frames_to_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         return np.asarray(values, dtype=dtype).reshape((-1, *shape))
 
     def per_atom(key):
-        return column(np.concatenate([np.reshape(f[key], (-1, 3)) for f in frames]) if frames else [], (3,), "float64")
+        return column(
+            np.concatenate([np.reshape(f[key], (-1, 3)) for f in frames]) if frames else [], (3,), "float64"
+        )
 
     nan33 = np.full((3, 3), np.nan)
     return {
         "structures/atomic_numbers": column(
-            np.concatenate([np.ravel(f["atomic_numbers"]) for f in frames]) if frames else [], (), "int64"),
+            np.concatenate([np.ravel(f["atomic_numbers"]) for f in frames]) if frames else [], (), "int64"
+        ),
         "structures/positions": per_atom("positions"),
         "structures/cells": column([f["cell"] for f in frames], (3, 3), "float64"),
         "structures/pbc": column([f["pbc"] for f in frames], (3,), "bool"),
@@ -159,7 +162,9 @@ def frames_to_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         "structures/input_index": column([f["input_index"] for f in frames], (), "int64"),
         "labels/energy": column([f["energy"] for f in frames], (), "float64"),
         "labels/forces": per_atom("forces"),
-        "labels/stress": column([nan33 if f.get("stress") is None else f["stress"] for f in frames], (3, 3), "float64"),
+        "labels/stress": column(
+            [nan33 if f.get("stress") is None else f["stress"] for f in frames], (3, 3), "float64"
+        ),
     }
 
 
@@ -171,7 +176,9 @@ def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
     """Check format, units and layout; return the header. ``ValueError`` naming what is wrong."""
     if "format" not in f.attrs:
         top = sorted(f.keys())
-        raise ValueError(f"{path} is not an mlff_calc dataset: no 'format' attribute (top-level contents: {top})")
+        raise ValueError(
+            f"{path} is not an mlff_calc dataset: no 'format' attribute (top-level contents: {top})"
+        )
     fmt = f.attrs["format"]
     fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
     if fmt != FORMAT:
@@ -180,11 +187,15 @@ def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: missing attribute 'format_version'")
     version = int(f.attrs["format_version"])
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version} is newer than this mlff_calc reads ({FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: format_version {version} is newer than this mlff_calc reads ({FORMAT_VERSION})"
+        )
     for name in ("units", "teacher", "provenance"):
         if name not in f.attrs:
-            raise ValueError(f"{path}: missing attribute {name!r}" +
-                             (" (refusing to guess the units of the labels)" if name == "units" else ""))
+            raise ValueError(
+                f"{path}: missing attribute {name!r}"
+                + (" (refusing to guess the units of the labels)" if name == "units" else "")
+            )
     units = _json_attr(f, "units", path)
     for key, unit in UNITS.items():
         if not isinstance(units, dict) or key not in units:
@@ -209,8 +220,10 @@ def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
         if name in f:
             want = n_atoms_total if per == "atom" else n_structures
             if f[name].shape[0] != want:
-                raise ValueError(f"{path}: /{name} has {f[name].shape[0]} rows, expected {want} "
-                                 f"(one per {per}); the file is inconsistent")
+                raise ValueError(
+                    f"{path}: /{name} has {f[name].shape[0]} rows, expected {want} "
+                    f"(one per {per}); the file is inconsistent"
+                )
     return {
         "format": fmt,
         "format_version": version,
@@ -242,12 +255,16 @@ class DatasetReader:
             self.header = _validate(f, self.path)
             self.n_atoms = f["structures/n_atoms"][()].astype(np.int64)  # (S,)
             n = len(self.n_atoms)
-            self.input_index = (f["structures/input_index"][()].astype(np.int64)
-                                if "structures/input_index" in f else np.arange(n, dtype=np.int64))
+            self.input_index = (
+                f["structures/input_index"][()].astype(np.int64)
+                if "structures/input_index" in f
+                else np.arange(n, dtype=np.int64)
+            )
             if "failures/input_index" in f:
                 self.failed_index = f["failures/input_index"][()].astype(np.int64)
-                self.failed_reason = [r.decode() if isinstance(r, bytes) else str(r)
-                                      for r in f["failures/reason"][()]]
+                self.failed_reason = [
+                    r.decode() if isinstance(r, bytes) else str(r) for r in f["failures/reason"][()]
+                ]
             else:
                 self.failed_index, self.failed_reason = np.zeros(0, dtype=np.int64), []
         self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)]).astype(np.int64)  # (S+1,)
@@ -364,10 +381,13 @@ def _create(path: Path, teacher: dict[str, Any], provenance: dict[str, Any]) -> 
         f.attrs["uid"] = uuid.uuid4().hex
         f.attrs["journal_seq"] = 0
         for name, (per, tail, dtype) in SCHEMA.items():
-            f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                             chunks=(_CHUNK[per], *tail))
+            f.create_dataset(
+                name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype, chunks=(_CHUNK[per], *tail)
+            )
         f.create_dataset("failures/input_index", shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,))
-        f.create_dataset("failures/reason", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,))
+        f.create_dataset(
+            "failures/reason", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,)
+        )
     _fsync_file(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -388,8 +408,13 @@ class DatasetWriter:
     compaction takes, so copying a large file never costs more than ~5 % of the run.
     """
 
-    def __init__(self, path: str | os.PathLike, teacher: dict[str, Any] | None = None,
-                 provenance: dict[str, Any] | None = None, compact_interval: float = 60.0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        teacher: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+        compact_interval: float = 60.0,
+    ):
         self.path = Path(path)
         self.journal = journal_dir(self.path)
         self._closed = False
@@ -463,11 +488,15 @@ class DatasetWriter:
         n = len(np.ravel(frame["atomic_numbers"]))
         for key, shape in (("positions", (n, 3)), ("forces", (n, 3)), ("cell", (3, 3)), ("pbc", (3,))):
             if np.shape(frame[key]) != shape:
-                raise ValueError(f"frame {frame.get('input_index')}: {key} has shape {np.shape(frame[key])}, "
-                                 f"expected {shape}")
+                raise ValueError(
+                    f"frame {frame.get('input_index')}: {key} has shape {np.shape(frame[key])}, "
+                    f"expected {shape}"
+                )
         if not (np.isfinite(frame["energy"]) and np.all(np.isfinite(frame["forces"]))):
-            raise ValueError(f"frame {frame.get('input_index')}: non-finite energy or forces are never stored")
-        self._pending.append(frame)
+            raise ValueError(
+                f"frame {frame.get('input_index')}: non-finite energy or forces are never stored"
+            )
+        self._pending.append({k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in frame.items()})
 
     def add_failure(self, input_index: int, reason: str) -> None:
         """Record that the teacher failed on input frame ``input_index``."""
@@ -503,11 +532,15 @@ class DatasetWriter:
                 with np.load(batch, allow_pickle=False) as z:
                     data = {k: z[k] for k in z.files}
             except Exception as exc:  # a renamed batch is whole; this means disk damage: stop, lose nothing
-                raise RuntimeError(f"journal batch {batch} is unreadable ({exc}); it was left in place") from None
+                raise RuntimeError(
+                    f"journal batch {batch} is unreadable ({exc}); it was left in place"
+                ) from None
             if str(data["uid"]) != self.header["uid"]:  # keep it (labels are precious) but out of the way
                 batch.rename(batch.with_suffix(".orphaned"))
-                warnings.warn(f"{batch} belongs to another file that was named {self.path.name}; "
-                              f"moved it to {batch.with_suffix('.orphaned').name}, not mixed in")
+                warnings.warn(
+                    f"{batch} belongs to another file that was named {self.path.name}; "
+                    f"moved it to {batch.with_suffix('.orphaned').name}, not mixed in"
+                )
             elif seq <= applied:
                 batch.unlink()  # folded in before a kill stopped the clean-up
             else:
@@ -535,7 +568,9 @@ class DatasetWriter:
     def _merge_failures(f: h5py.File, loaded: list[dict[str, np.ndarray]]) -> None:
         """Failures: newest reason per input index; an index that now has a label is no longer failed."""
         idx, why = f["failures/input_index"], f["failures/reason"]
-        failed = dict(zip(idx[()].tolist(), [r.decode() if isinstance(r, bytes) else str(r) for r in why[()]]))
+        failed = dict(
+            zip(idx[()].tolist(), [r.decode() if isinstance(r, bytes) else str(r) for r in why[()]])
+        )
         before = dict(failed)
         for data in loaded:
             failed.update(zip(data["failures.input_index"].tolist(), data["failures.reason"].tolist()))
@@ -570,12 +605,17 @@ class DatasetWriter:
         self._unlock()
 
 
-def write_frames(path: str | os.PathLike, frames: Iterable[dict[str, Any]], teacher: dict[str, Any],
-                 provenance: dict[str, Any], failures: Iterable[tuple[int, str]] = ()) -> int:
-    """Write a new dataset file from frame dicts (``FileExistsError`` if it exists). Returns the count."""
+def write_frames(
+    path: str | os.PathLike,
+    frames: Iterable[dict[str, Any]],
+    teacher: dict[str, Any],
+    provenance: dict[str, Any],
+    failures: Iterable[tuple[int, str]] = (),
+) -> int:
+    """Write a new dataset file from frame dicts (``ValueError`` if it exists). Returns the count."""
     path = Path(path)
     if path.exists():
-        raise FileExistsError(f"{path} exists; remove it or pass --overwrite")
+        raise ValueError(f"{path} exists; remove it or pass --overwrite")
     n = 0
     with DatasetWriter(path, teacher, provenance, compact_interval=float("inf")) as w:
         for frame in frames:

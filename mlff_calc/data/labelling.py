@@ -18,37 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..teachers import TeacherError, compute_labels  # one checked teacher call per frame
 from .hdf5 import DatasetWriter, read_header
-
-try:  # the shared teacher call (validates shapes, finiteness, SCF convergence)
-    from ..teachers import TeacherError, compute_labels
-except ImportError:  # older teachers module: an equivalent local call
-
-    class TeacherError(RuntimeError):
-        """The teacher failed on a frame, or gave a non-finite or malformed result."""
-
-    def compute_labels(calc, atoms) -> dict[str, Any]:
-        """``{"energy": float eV, "forces": (n, 3) eV/Å, "stress": (3, 3) eV/Å³ or None}``."""
-        from ase.calculators.calculator import PropertyNotImplementedError
-
-        atoms = atoms.copy()
-        atoms.calc = calc
-        try:
-            energy = float(atoms.get_potential_energy())
-            forces = np.array(atoms.get_forces(), dtype=np.float64)
-            stress = None
-            if atoms.pbc.all():
-                try:
-                    stress = np.array(atoms.get_stress(voigt=False), dtype=np.float64)
-                except PropertyNotImplementedError:
-                    stress = None
-        except Exception as exc:
-            raise TeacherError(f"{type(exc).__name__}: {exc}") from exc
-        if forces.shape != (len(atoms), 3):
-            raise TeacherError(f"forces have shape {forces.shape}, expected {(len(atoms), 3)}")
-        if not (np.isfinite(energy) and np.isfinite(forces).all()) or (stress is not None and not np.isfinite(stress).all()):
-            raise TeacherError("non-finite energy, forces or stress")
-        return {"energy": energy, "forces": forces, "stress": stress}
 
 
 def read_structures(path: str | os.PathLike) -> list:
@@ -58,6 +29,8 @@ def read_structures(path: str | os.PathLike) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such structure file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: it contains no structures")
     try:
         frames = ase.io.read(path, index=":")
     except Exception as exc:  # ASE raises many types for a bad file; all mean "cannot read it"
@@ -73,8 +46,12 @@ def fingerprint(frames: list) -> str:
     """sha256 of every frame's atomic numbers, positions, cell and pbc (what the labels depend on)."""
     h = hashlib.sha256()
     for atoms in frames:
-        for a in (atoms.numbers.astype(np.int64), atoms.positions.astype(np.float64),
-                  np.asarray(atoms.cell, dtype=np.float64), atoms.pbc.astype(bool)):
+        for a in (
+            atoms.numbers.astype(np.int64),
+            atoms.positions.astype(np.float64),
+            np.asarray(atoms.cell, dtype=np.float64),
+            atoms.pbc.astype(bool),
+        ):
             h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
@@ -108,17 +85,26 @@ class LabelReport:
         return self.labelled_before + self.labelled_now
 
 
-def label_file(structures: str | os.PathLike, out: str | os.PathLike, teacher: str,
-               options: dict[str, Any] | None = None, *, batch_size: int = 16, commit_interval: float = 5.0,
-               shard: str | tuple[int, int] | None = None, retry_failures: bool = False,
-               progress: bool = True, compact_interval: float = 60.0) -> LabelReport:
+def label_file(
+    structures: str | os.PathLike,
+    out: str | os.PathLike,
+    teacher: str,
+    options: dict[str, Any] | None = None,
+    *,
+    batch_size: int = 16,
+    commit_interval: float = 5.0,
+    shard: str | tuple[int, int] | None = None,
+    retry_failures: bool = False,
+    progress: bool = True,
+    compact_interval: float = 60.0,
+) -> LabelReport:
     """Label every frame of ``structures`` (of shard ``I/N``: index % N == I) with ``teacher`` into ``out``.
 
     Commits after ``batch_size`` frames or ``commit_interval`` seconds, whichever comes first.
     Teacher failures are recorded in ``/failures`` and skipped; ``retry_failures`` tries them again.
     """
-    from ..teachers import load_teacher, teacher_spec
     from .. import __version__
+    from ..teachers import load_teacher, teacher_spec
 
     if batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
@@ -126,14 +112,22 @@ def label_file(structures: str | os.PathLike, out: str | os.PathLike, teacher: s
     shard = parse_shard(shard)
     frames = read_structures(structures)
     spec = teacher_spec(teacher, options)
-    source = {"path": str(Path(structures).resolve()), "sha256": fingerprint(frames), "n_frames": len(frames),
-              "shard": list(shard)}
+    source = {
+        "path": str(Path(structures).resolve()),
+        "sha256": fingerprint(frames),
+        "n_frames": len(frames),
+        "shard": list(shard),
+    }
     out = Path(out)
     if out.exists():
         _check_same_job(out, spec, source)
 
-    provenance = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": "label",
-                  "mlff_calc_version": __version__, "input": source}
+    provenance = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "label",
+        "mlff_calc_version": __version__,
+        "input": source,
+    }
     start = time.monotonic()
     with DatasetWriter(out, spec, provenance, compact_interval=compact_interval) as writer:
         labelled, failed = writer.done()
@@ -143,7 +137,7 @@ def label_file(structures: str | os.PathLike, out: str | os.PathLike, teacher: s
         if todo:
             calc = load_teacher(teacher, **options)
             report = _run(frames, todo, calc, writer, report, batch_size, commit_interval, progress)
-        report.failed_total = dict(failed, **dict(report.failed_now))
+        report.failed_total = {**failed, **dict(report.failed_now)}
     report.seconds = time.monotonic() - start
     return report
 
@@ -152,33 +146,59 @@ def _check_same_job(out: Path, spec: dict[str, Any], source: dict[str, Any]) -> 
     """Refuse to resume into a file written by another teacher, input or shard."""
     header = read_header(out)
     if header["teacher"] != spec:
-        raise ValueError(f"{out} holds labels from teacher {header['teacher']}, not {spec}; "
-                         "use another --out (or the same teacher and options to resume)")
+        raise ValueError(
+            f"{out} holds labels from teacher {header['teacher']}, not {spec}; "
+            "use another --out (or the same teacher and options to resume)"
+        )
     old = header["provenance"].get("input", {})
     if old.get("sha256") != source["sha256"]:
-        raise ValueError(f"{out} was labelled from a different input ({old.get('path')}, "
-                         f"{old.get('n_frames')} frames, sha256 {str(old.get('sha256'))[:12]}) than "
-                         f"{source['path']} ({source['n_frames']} frames, sha256 {source['sha256'][:12]}); "
-                         "use another --out")
-    if list(old.get("shard", [0, 1])) != source["shard"]:
-        raise ValueError(f"{out} holds shard {'/'.join(map(str, old.get('shard')))}, not "
-                         f"{'/'.join(map(str, source['shard']))}")
+        raise ValueError(
+            f"{out} was labelled from a different input ({old.get('path')}, "
+            f"{old.get('n_frames')} frames, sha256 {str(old.get('sha256'))[:12]}) than "
+            f"{source['path']} ({source['n_frames']} frames, sha256 {source['sha256'][:12]}); "
+            "use another --out"
+        )
+    shard = list(old.get("shard") or [0, 1])  # a merged file (shard None) holds the whole input
+    if shard != source["shard"]:
+        raise ValueError(
+            f"{out} holds shard {shard[0]}/{shard[1]}, not {source['shard'][0]}/{source['shard'][1]}"
+        )
 
 
-def _run(frames, todo, calc, writer: DatasetWriter, report: LabelReport, batch_size: int,
-         commit_interval: float, progress: bool) -> LabelReport:
+def _run(
+    frames,
+    todo,
+    calc,
+    writer: DatasetWriter,
+    report: LabelReport,
+    batch_size: int,
+    commit_interval: float,
+    progress: bool,
+) -> LabelReport:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=report.shard_frames, initial=report.labelled_before, unit="frame",
-               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=report.shard_frames,
+        initial=report.labelled_before,
+        unit="frame",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     last_commit = time.monotonic()
     try:
         for i in todo:
             atoms = frames[i]
             try:
                 labels = compute_labels(calc, atoms)
-                frame = {"atomic_numbers": atoms.numbers, "positions": atoms.positions, "cell": np.asarray(atoms.cell),
-                         "pbc": atoms.pbc, "input_index": i, **labels}
+                frame = {
+                    "atomic_numbers": atoms.numbers,
+                    "positions": atoms.positions,
+                    "cell": np.asarray(atoms.cell),
+                    "pbc": atoms.pbc,
+                    "input_index": i,
+                    **labels,
+                }
                 writer.add(frame)  # re-checks shapes and finiteness: a wrong label is never written
                 report.labelled_now += 1
             except Exception as exc:  # any teacher failure: record, skip, go on

@@ -39,8 +39,12 @@ class H5Dataset(torch.utils.data.Dataset):
     reopened in each DataLoader worker.
     """
 
-    def __init__(self, path: str | os.PathLike | DatasetReader, dtype: torch.dtype = torch.float64,
-                 preload: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike | DatasetReader,
+        dtype: torch.dtype = torch.float64,
+        preload: bool = False,
+    ):
         self.reader = path if isinstance(path, DatasetReader) else DatasetReader(path)
         self.dtype = dtype
         self._arrays = self.reader.arrays() if preload else None
@@ -53,9 +57,15 @@ class H5Dataset(torch.utils.data.Dataset):
             return self.reader.frame(i)
         a, o = self._arrays, self.reader.offsets
         atoms = slice(o[i], o[i + 1])
-        return {"atomic_numbers": a["structures/atomic_numbers"][atoms], "positions": a["structures/positions"][atoms],
-                "cell": a["structures/cells"][i], "pbc": a["structures/pbc"][i], "energy": a["labels/energy"][i],
-                "forces": a["labels/forces"][atoms], "stress": a["labels/stress"][i]}
+        return {
+            "atomic_numbers": a["structures/atomic_numbers"][atoms],
+            "positions": a["structures/positions"][atoms],
+            "cell": a["structures/cells"][i],
+            "pbc": a["structures/pbc"][i],
+            "energy": a["labels/energy"][i],
+            "forces": a["labels/forces"][atoms],
+            "stress": a["labels/stress"][i],
+        }
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= i < len(self):
@@ -89,14 +99,21 @@ def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = Non
         from ..neighbors import batch_neighbor_list
 
         pos = out[K.POSITIONS]
-        edges, shifts = batch_neighbor_list(pos.detach().cpu().double().numpy(), out[K.CELL].double().numpy(),
-                                            out[K.PBC].numpy(), out[N_ATOMS].numpy(), cutoff)
+        edges, shifts = batch_neighbor_list(
+            pos.detach().cpu().double().numpy(),
+            out[K.CELL].double().numpy(),
+            out[K.PBC].numpy(),
+            out[N_ATOMS].numpy(),
+            cutoff,
+        )
         out[K.EDGE_INDEX] = torch.as_tensor(np.asarray(edges, dtype=np.int64))
         out[K.CELL_SHIFTS] = torch.as_tensor(np.asarray(shifts)).to(pos.dtype)
     return out
 
 
-def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, ...]:
+def split_indices(
+    n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> tuple[np.ndarray, ...]:
     """Deterministic, disjoint random split of ``range(n)``: one sorted int64 array per fraction.
 
     Fractions must be non-negative and sum to at most 1; sizes are rounded so that, when they sum to 1,
@@ -104,7 +121,9 @@ def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: in
     """
     f = np.asarray(fractions, dtype=np.float64)
     if n < 0 or (f < 0).any() or f.sum() > 1 + 1e-9:
-        raise ValueError(f"need n >= 0 and non-negative fractions summing to <= 1, got n={n}, {tuple(fractions)}")
+        raise ValueError(
+            f"need n >= 0 and non-negative fractions summing to <= 1, got n={n}, {tuple(fractions)}"
+        )
     bounds = np.rint(np.concatenate([[0.0], np.cumsum(f)]) * n).astype(np.int64).clip(0, n)
     order = np.random.default_rng(seed).permutation(n)
     return tuple(np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
