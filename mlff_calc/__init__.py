@@ -3,19 +3,34 @@
 Public API (see DESIGN.md)::
 
     from mlff_calc import StudentForceField, StudentCalculator, load_teacher
+
+The names are imported lazily, so ``mlff-calc --help`` and light sub-commands start without torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .model.student import StudentForceField  # noqa: E402
-from .calculator import StudentCalculator  # noqa: E402
+_LAZY = {
+    "StudentForceField": "mlff_calc.model.student",
+    "StudentCalculator": "mlff_calc.calculator",
+    "load_teacher": "mlff_calc.teachers",
+}
 
 
-def load_teacher(name: str, **options):
-    """Build a teacher ASE calculator by name (``orb-v2``, ``gfn2-xtb``, ``sevennet-0``, ``emt``, ``pkg.mod:fn``)."""
-    from .teachers import load_teacher as _load
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mlff_calc' has no attribute {name!r}")
 
-    return _load(name, **options)
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
 
 
 __all__ = ["StudentForceField", "StudentCalculator", "load_teacher", "__version__"]
