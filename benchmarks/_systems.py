@@ -33,7 +33,7 @@ def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def water_box(n_molecules: int, seed: int = 0, density: float = WATER_DENSITY) -> Atoms:
-    """Periodic cubic box of ``n_molecules`` rigid waters at ``density`` g/cm³ (liquid-like, not equilibrated).
+    """Periodic cubic box of ``n_molecules`` rigid waters at ``density`` g/cm³ (liquid-like, unequilibrated).
 
     Oxygens sit on a jittered simple-cubic grid (``k**3 >= n_molecules`` sites, a random subset used)
     and each molecule gets a random orientation; an orientation is re-drawn while any of its atoms is
