@@ -1,0 +1,190 @@
+"""Training data: read and check the labels, split, fit per-element reference energies, build loaders.
+
+Documented behaviour for bad input (``ValueError`` naming the file and frame, never a torch error):
+
+* an empty dataset, or too few frames for one training frame + the validation/test sizes: error;
+* fewer training frames than ``batch_size``: the batch size is clamped to the training-set size, with
+  a warning;
+* a non-finite energy or position, forces NaN for only some atoms of a frame or only some frames,
+  a stress with some but not all components NaN: error naming the frame;
+* no force labels at all (every force NaN): error, unless ``loss.force_weight`` is 0, which trains on
+  energies only (a file without ``/labels/forces`` is refused by the reader itself);
+* stress NaN means "not labelled" and is masked out of the loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.hdf5 import DatasetReader
+from ..data.torch_dataset import H5Dataset, collate
+from .config import TrainConfig
+
+
+@dataclass
+class TrainingData:
+    """The preloaded dataset, its split and what training needs to know about its labels."""
+
+    dataset: H5Dataset
+    train: np.ndarray  # (n_train,) int64 frame indices
+    val: np.ndarray
+    test: np.ndarray
+    elements: list[int]  # atomic numbers present in the training split, sorted
+    has_forces: bool
+    has_stress: bool  # at least one training frame has a stress label
+    teacher: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _frame_name(i: int, reader: DatasetReader) -> str:
+    return f"frame {i} (input frame {int(reader.input_index[i])})"
+
+
+def check_labels(arrays: dict[str, np.ndarray], reader: DatasetReader,
+                 need_forces: bool) -> tuple[bool, bool]:
+    """Refuse non-finite inputs and half-labelled frames; return ``(has_forces, has_stress)``."""
+    path, offsets = reader.path, reader.offsets
+    n_atoms = reader.n_atoms
+
+    def first_bad(per_frame_bad: np.ndarray, what: str) -> None:
+        bad = np.flatnonzero(per_frame_bad)
+        if len(bad):
+            more = f" (and {len(bad) - 1} more frames)" if len(bad) > 1 else ""
+            raise ValueError(f"{path}: {_frame_name(int(bad[0]), reader)} has {what}{more}")
+
+    def per_frame(atom_values: np.ndarray) -> np.ndarray:  # (A,) bool -> (S,) count per frame
+        if not len(atom_values):
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(atom_values.astype(np.int64), offsets[:-1])
+
+    first_bad(~np.isfinite(arrays["labels/energy"]), "a non-finite energy label")
+    first_bad(per_frame(~np.isfinite(arrays["structures/positions"]).all(axis=1)) > 0, "non-finite positions")
+    first_bad(~np.isfinite(arrays["structures/cells"]).all(axis=(1, 2)), "a non-finite cell")
+
+    nan_atoms = per_frame(~np.isfinite(arrays["labels/forces"]).all(axis=1))  # (S,) atoms without forces
+    first_bad((nan_atoms > 0) & (nan_atoms < n_atoms), "non-finite forces on some of its atoms")
+    unlabelled = nan_atoms == n_atoms
+    has_forces = not unlabelled.all()
+    if has_forces:
+        first_bad(unlabelled, "no force labels (NaN) while other frames have them")
+    elif need_forces:
+        raise ValueError(f"{path} has no force labels (every force is NaN); "
+                         "set loss.force_weight: 0 to train on energies only")
+
+    finite = np.isfinite(arrays["labels/stress"]).reshape(len(n_atoms), 9).sum(axis=1)
+    first_bad((finite > 0) & (finite < 9), "a stress label with some but not all components NaN")
+    return has_forces, bool((finite == 9).any())
+
+
+def split_sizes(n: int, val_size: float, test_size: float) -> tuple[int, int, int]:
+    """``(n_train, n_val, n_test)``: sizes < 1 are fractions (at least one frame), >= 1 counts."""
+
+    def count(size: float) -> int:
+        if size == 0:
+            return 0
+        return int(size) if size >= 1 else max(1, int(round(size * n)))
+
+    n_val, n_test = count(val_size), count(test_size)
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"the dataset has {n} frames: too few for {n_val} validation + {n_test} test "
+                         "frames and at least one training frame; label more frames or lower "
+                         "data.val_size/data.test_size")
+    return n_train, n_val, n_test
+
+
+def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
+    """Read ``config.data.path`` into memory, check it and split it (the same split on every process)."""
+    path = config.data.path
+    reader = DatasetReader(path)
+    if len(reader) == 0:
+        raise ValueError(f"{path} holds no frames; label some structures first (mlff-calc label)")
+    arrays = reader.arrays()
+    has_forces, _ = check_labels(arrays, reader, need_forces=config.loss.force_weight > 0)
+
+    n_train, n_val, n_test = split_sizes(len(reader), config.data.val_size, config.data.test_size)
+    order = np.random.default_rng(config.data.split_seed).permutation(len(reader))
+    train, val, test = (np.sort(order[a:b]) for a, b in
+                        ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, len(reader))))
+
+    numbers = arrays["structures/atomic_numbers"]
+    frame_of_atom = np.repeat(np.arange(len(reader)), reader.n_atoms)
+    elements = sorted(int(z) for z in np.unique(numbers[np.isin(frame_of_atom, train)]))
+    unseen = sorted(set(np.unique(numbers).tolist()) - set(elements))
+    if unseen:
+        warnings.warn(f"elements {unseen} occur only in validation/test frames, never in training; "
+                      "the student will refuse them", stacklevel=2)
+    stress = arrays["labels/stress"].reshape(len(reader), 9)
+    summary = {
+        "path": str(reader.path), "uid": reader.header["uid"], "n_frames": len(reader),
+        "n_train": n_train, "n_val": n_val, "n_test": n_test, "split_seed": config.data.split_seed,
+        "n_atoms_min": int(reader.n_atoms.min()), "n_atoms_max": int(reader.n_atoms.max()),
+        "elements": sorted(int(z) for z in np.unique(numbers)),
+        "has_forces": has_forces, "stress_frames": int(np.isfinite(stress).all(axis=1).sum()),
+    }
+    dataset = H5Dataset(reader, dtype=dtype, preload=True)
+    reader.close()  # everything is in memory now; leave the file free for writers
+    return TrainingData(
+        dataset=dataset, train=train, val=val, test=test,
+        elements=elements, has_forces=has_forces,
+        has_stress=bool(np.isfinite(stress[train]).all(axis=1).any()),
+        teacher=reader.header["teacher"], summary=summary,
+    )
+
+
+def fit_energy_statistics(data: TrainingData, max_z: int) -> tuple[np.ndarray, float, float]:
+    """Per-element reference energies, energy scale and shift from the training split.
+
+    ``atom_ref (max_z+1,)`` eV: least squares ``E ≈ Σ_Z n_Z ref_Z`` (minimum-norm when compositions are
+    collinear, e.g. one molecule: then it fits the mean energy). ``shift`` (eV/atom): mean residual
+    per-atom energy. ``scale`` (eV): RMS of the training force components (the network output is O(1) per
+    atom and its gradients O(1)/Å, so forces start at the right magnitude); the std of the residual
+    per-atom energies without forces; 1 when both vanish.
+    """
+    reader, arrays = data.dataset.reader, data.dataset._arrays
+    numbers, offsets = arrays["structures/atomic_numbers"], reader.offsets
+    counts = np.zeros((len(data.train), len(data.elements)))
+    column = {z: k for k, z in enumerate(data.elements)}
+    for row, i in enumerate(data.train):
+        for z, c in zip(*np.unique(numbers[offsets[i]:offsets[i + 1]], return_counts=True)):
+            counts[row, column[int(z)]] = c
+    energy = arrays["labels/energy"][data.train]
+    ref, *_ = np.linalg.lstsq(counts, energy, rcond=None)
+    atom_ref = np.zeros(max_z + 1)
+    atom_ref[data.elements] = ref
+    residual = (energy - counts @ ref) / reader.n_atoms[data.train]  # eV/atom
+    shift = float(residual.mean())
+    scale = 0.0
+    if data.has_forces:
+        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in data.train])
+        scale = float(np.sqrt(np.mean(arrays["labels/forces"][atoms] ** 2)))
+    if not scale > 1e-6:
+        scale = float(residual.std())
+    if not scale > 1e-6:
+        scale = 1.0
+    return atom_ref, scale, shift
+
+
+def make_loader(data: TrainingData, indices: np.ndarray, batch_size: int, cutoff: float, *, shuffle: bool,
+                seed: int, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+    """Batches of ``indices`` with precomputed neighbour lists.
+
+    Training (``shuffle``): a ``DistributedSampler`` (also for one process) reshuffles with ``seed + epoch``
+    (call ``loader.sampler.set_epoch``), so the order is a function of the epoch alone and a resumed run
+    sees the same batches. Evaluation: process ``rank`` takes every ``world``-th frame, no padding, so
+    summed metrics over processes count each frame once.
+    """
+    subset = torch.utils.data.Subset(data.dataset, indices.tolist())
+    fn = functools.partial(collate, cutoff=cutoff)
+    if shuffle:
+        sampler = torch.utils.data.DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=seed)
+        return torch.utils.data.DataLoader(subset, batch_size=batch_size, sampler=sampler, collate_fn=fn)
+    shard = torch.utils.data.Subset(data.dataset, indices[rank::world].tolist())
+    return torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=fn)

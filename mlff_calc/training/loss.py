@@ -1,0 +1,96 @@
+"""Loss and error metrics, student vs teacher.
+
+Loss of a batch (weights from :class:`~mlff_calc.training.config.LossConfig`)::
+
+    w_E * mean_b ((E_b - E*_b) / n_b)²  +  w_F * mean_{i,a} (F_ia - F*_ia)²
+                                        +  w_S * mean_{b∈L,ab} (σ_bab - σ*_bab)²
+
+with ``L`` the structures whose stress is labelled (finite). Metrics are kept as sums so that they add up
+exactly over batches and processes: force MAE/RMSE are over Cartesian components (eV/Å), energy errors
+are per atom (eV/atom), cosine similarity is the mean over atoms of cos(F_i, F*_i).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _keys as K
+from ..data.torch_dataset import N_ATOMS
+from .config import LossConfig
+
+# Slots of the sum vector of ErrorSums.
+_FIELDS = ("n_structures", "e_sq", "e_abs", "n_force", "f_sq", "f_abs", "n_cos", "cos",
+           "n_stress", "s_sq", "s_abs")
+
+
+def batch_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossConfig,
+               use_forces: bool, use_stress: bool) -> torch.Tensor:
+    """The weighted MSE loss of one batch (a differentiable scalar)."""
+    e_err = (pred[K.ENERGY] - batch[K.ENERGY]) / batch[N_ATOMS]  # (B,) eV/atom
+    # The energy term is always in the graph (weight 0 gives zero gradients, not missing ones), so DDP
+    # sees a gradient for the readout bias, which forces alone never reach.
+    loss = weights.energy_weight * e_err.pow(2).mean()
+    if use_forces:
+        loss = loss + weights.force_weight * (pred[K.FORCES] - batch[K.FORCES]).pow(2).mean()
+    if use_stress:
+        labelled = torch.isfinite(batch[K.STRESS]).all(dim=(1, 2))  # (B,)
+        if labelled.any():
+            s_err = pred[K.STRESS][labelled] - batch[K.STRESS][labelled]
+            loss = loss + weights.stress_weight * s_err.pow(2).mean()
+    return loss
+
+
+class ErrorSums:
+    """Running sums of errors (float64), additive over batches and, via ``all_reduce``, processes."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(len(_FIELDS), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add(self, pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        s = self.sums
+        e_err = ((pred[K.ENERGY] - batch[K.ENERGY]) / batch[N_ATOMS]).double()
+        s[0] += e_err.numel()
+        s[1] += e_err.pow(2).sum()
+        s[2] += e_err.abs().sum()
+        if K.FORCES in pred and torch.isfinite(batch[K.FORCES]).all():
+            f, f_ref = pred[K.FORCES].double(), batch[K.FORCES].double()
+            s[3] += f.numel()
+            s[4] += (f - f_ref).pow(2).sum()
+            s[5] += (f - f_ref).abs().sum()
+            norms = f.norm(dim=1) * f_ref.norm(dim=1)
+            ok = norms > 1e-12  # cosine undefined for a zero force
+            s[6] += ok.sum()
+            s[7] += ((f * f_ref).sum(dim=1)[ok] / norms[ok]).sum()
+        if K.STRESS in pred:
+            labelled = (torch.isfinite(batch[K.STRESS]).all(dim=(1, 2))
+                        & torch.isfinite(pred[K.STRESS]).all(dim=(1, 2)))
+            err = (pred[K.STRESS][labelled] - batch[K.STRESS][labelled]).double()
+            s[8] += err.numel()
+            s[9] += err.pow(2).sum()
+            s[10] += err.abs().sum()
+
+    def metrics(self, weights: LossConfig) -> dict[str, float]:
+        """``loss`` and MAE/RMSE per property (NaN where nothing was labelled)."""
+        v = dict(zip(_FIELDS, self.sums.tolist()))
+
+        def ratio(a: str, n: str) -> float:
+            return v[a] / v[n] if v[n] > 0 else math.nan
+
+        out = {
+            "energy_mae_per_atom": ratio("e_abs", "n_structures"),
+            "energy_rmse_per_atom": math.sqrt(ratio("e_sq", "n_structures")),
+            "force_mae": ratio("f_abs", "n_force"),
+            "force_rmse": math.sqrt(ratio("f_sq", "n_force")),
+            "force_cosine": ratio("cos", "n_cos"),
+            "stress_mae": ratio("s_abs", "n_stress"),
+        }
+        loss = weights.energy_weight * ratio("e_sq", "n_structures")
+        terms = ((weights.force_weight, "f_sq", "n_force"), (weights.stress_weight, "s_sq", "n_stress"))
+        for w, key, n in terms:
+            if w > 0 and v[n] > 0:
+                loss += w * ratio(key, n)
+        out["loss"] = loss
+        return out

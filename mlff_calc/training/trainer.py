@@ -1,0 +1,364 @@
+"""The training loop: ``train(config) -> TrainResult``.
+
+Writes into ``run.out`` (only rank 0 under torchrun):
+
+* ``student.pt``   best EMA weights by validation loss, with metadata (DESIGN.md), rewritten on improvement;
+* ``last.pt``      everything needed to resume, written atomically after every epoch (plain containers);
+* ``config.yaml``  the settings actually used; ``metrics.csv`` one row per epoch;
+* ``metrics.json`` test-split errors of the best weights; ``learning_curve.png``.
+
+A ``last.pt`` in the run directory is always continued (``resume=True`` only insists that it exists):
+model, EMA, optimiser, schedule, epoch, RNG states and best-so-far are restored, and a killed run loses at
+most the epoch it was in. Without a time budget a resumed run is bit-identical to an uninterrupted one
+(the batch order is a function of seed and epoch, the schedule of the step).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..model.student import StudentForceField
+from ..utils import resolve_device, resolve_dtype
+from .config import TrainConfig, config_from_dict, dump_config, incompatible_settings, load_config
+from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader
+from .distributed import Distributed, init_distributed, parameters_in_sync, shutdown
+from .loss import ErrorSums, batch_loss
+from .optim import EMA, LRSchedule
+from .report import plot_learning_curve, write_json, write_metrics_csv
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (times in s, errors in eV/atom and eV/Å)."""
+
+    run_dir: Path
+    checkpoint: Path  # RUN_DIR/student.pt
+    epochs: int  # epochs completed, over all resumptions
+    best_epoch: int
+    stop_reason: str  # "epochs" | "early_stopping" | "max_time"
+    train_time: float
+    val_metrics: dict[str, float]  # of the best epoch
+    test_metrics: dict[str, float] | None  # None without a test split
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return copy.deepcopy(config).validate()
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    return load_config(config)
+
+
+def train(config: TrainConfig | dict | str | Path, resume: bool = False) -> TrainResult:
+    """Train a student on ``config.data.path`` into ``config.run.out`` (see the module docstring).
+
+    ``config``: a :class:`TrainConfig`, a nested dict, or a YAML path. A ``last.pt`` in the run directory
+    is always continued; ``resume=True`` makes its absence an error. ``run.num_threads`` sets torch's
+    thread count for the call only (restored afterwards). Under ``torchrun`` every process calls this;
+    each gets the same result.
+    """
+    cfg = _as_config(config)
+    if not cfg.data.path:
+        raise ValueError("config data.path: no dataset given (--data)")
+    if not cfg.run.out:
+        raise ValueError("config run.out: no run directory given (--out)")
+    last = Path(cfg.run.out) / "last.pt"
+    if resume and not last.exists():
+        raise FileNotFoundError(f"--resume: {last} does not exist, nothing to resume")
+    device, dtype = resolve_device(cfg.run.device), resolve_dtype(cfg.run.dtype)
+    threads = torch.get_num_threads()
+    d = init_distributed(device.type == "cuda")
+    try:
+        if d.active and device.type == "cuda":
+            device = torch.device("cuda", d.local_rank)
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        return _Trainer(cfg, d, device, dtype).run()
+    finally:
+        torch.set_num_threads(threads)
+        shutdown(d)
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, d: Distributed, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.d, self.device, self.dtype = cfg, d, device, dtype
+        self.run_dir = Path(cfg.run.out)
+        self.quiet = cfg.run.quiet or not d.main
+        self.data: TrainingData = load_training_data(cfg, dtype)
+        per_process = math.ceil(len(self.data.train) / d.world)
+        if cfg.data.batch_size > per_process:
+            warnings.warn(f"data.batch_size {cfg.data.batch_size} is larger than the {per_process} training "
+                          f"frames per process; using batch_size {per_process}", stacklevel=3)
+            cfg.data.batch_size = per_process
+        self.use_forces = self.data.has_forces and cfg.loss.force_weight > 0
+        self.use_stress = self.data.has_stress and cfg.loss.stress_weight > 0
+        state = self._read_state()
+
+        torch.manual_seed(cfg.run.seed)  # the initial weights are a function of the seed alone
+        model = StudentForceField(**dataclasses.asdict(cfg.model))
+        atom_ref, scale, shift = fit_energy_statistics(self.data, cfg.model.max_z)
+        with torch.no_grad():  # a fresh model starts at the right energy offset and force magnitude
+            model.atom_ref.copy_(torch.from_numpy(atom_ref))
+            model.scale.fill_(scale)
+            model.shift.fill_(shift)
+        self.model = model.to(device=device, dtype=dtype)
+        shift += self._initial_offset()
+        with torch.no_grad():
+            self.model.shift.fill_(shift)
+        self.ema_model = copy.deepcopy(self.model).eval()
+        self.ema = EMA(self.model, self.ema_model, cfg.optim.ema_decay)
+        # foreach: one multi-tensor kernel per update step (torch picks it only for CUDA by default).
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
+                                           weight_decay=cfg.optim.weight_decay, foreach=True)
+        bs, cutoff = cfg.data.batch_size, cfg.model.cutoff
+        self.train_loader = make_loader(self.data, self.data.train, bs, cutoff, shuffle=True,
+                                        seed=cfg.run.seed, rank=d.rank, world=d.world)
+        self.val_loader = make_loader(self.data, self.data.val, bs, cutoff, shuffle=False, seed=0,
+                                      rank=d.rank, world=d.world)
+        self.schedule = LRSchedule(cfg.optim, len(self.train_loader), cfg.run.epochs, cfg.run.max_time)
+        self.progress: dict[str, Any] = {"epoch": 0, "step": 0, "train_time": 0.0, "best_loss": math.inf,
+                                         "best_epoch": 0, "bad_epochs": 0, "best_val": {}, "history": []}
+        self.metadata = {
+            "teacher": self.data.teacher,
+            "elements": self.data.elements,
+            "reference_energies": {int(z): float(atom_ref[z]) for z in self.data.elements},
+            "energy_scale": scale, "energy_shift": shift,
+            "data": self.data.summary,
+            "training": {"config": cfg.to_dict(), "world_size": d.world},
+        }
+        if state is not None:
+            self._restore(state)
+        self.net = self.model
+        if d.active:
+            # Forces come from autograd.grad(create_graph=True) inside forward; that inner grad only
+            # differentiates with respect to positions, so DDP's gradient hooks fire once, in backward().
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    @torch.no_grad()
+    def _initial_offset(self, n: int = 64) -> float:
+        """Mean per-atom energy error (eV/atom) of the fresh model on up to ``n`` training frames.
+
+        The random readout has a non-zero mean output; removing it from ``shift`` makes the first
+        predictions sit at the right energies, so the (lightly weighted) energy term does not spend
+        epochs learning a constant.
+        """
+        from ..data.torch_dataset import N_ATOMS, collate
+
+        items = [self.data.dataset[int(i)] for i in self.data.train[:n]]
+        batch = {k: v.to(self.device) for k, v in collate(items, cutoff=self.cfg.model.cutoff).items()}
+        pred = self.model.eval()(batch, compute_forces=False)
+        return -float(((pred["energy"] - batch["energy"]) / batch[N_ATOMS]).mean())
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """Identifies the dataset a state was trained on (a file that grew changes the split)."""
+        return {"uid": self.data.summary["uid"], "n_frames": len(self.data.dataset)}
+
+    # ---- resume --------------------------------------------------------------------------------------
+    def _read_state(self) -> dict[str, Any] | None:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return None
+        state = load_checkpoint(path)
+        if state.get("kind") != "training_state":
+            raise CheckpointError(f"{path} is not a training state written by mlff-calc train")
+        diffs = incompatible_settings(state["config"], self.cfg)
+        old, new = state["data_fingerprint"], self._fingerprint()
+        if old != new:
+            diffs.append(f"dataset: {old} -> {new}")
+        if diffs:
+            raise ValueError(f"cannot resume {path}: it was trained with other settings ("
+                             + "; ".join(diffs) + "); use another --out, or the original settings "
+                             "to continue")
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.progress = state["progress"]
+        torch.set_rng_state(state["rng"]["torch"])
+        rng = state["rng"]
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), *rng["numpy_extra"]))
+        if not self.quiet:
+            print(f"resuming {self.run_dir} after epoch {self.progress['epoch']} "
+                  f"({self.progress['train_time']:.0f} s trained)")
+
+    def _save_state(self) -> None:
+        np_state = np.random.get_state()
+        save_checkpoint(
+            self.run_dir / "last.pt", self.model.config,
+            {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, self.metadata,
+            kind="training_state", config=self.cfg.to_dict(),
+            data_fingerprint=self._fingerprint(),
+            ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict(),
+            progress=self.progress,
+            rng={"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+                 "numpy_extra": [int(np_state[2]), int(np_state[3]), float(np_state[4])]},
+        )
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    def _stop_reason(self, now: float) -> str | None:
+        p, r = self.progress, self.cfg.run
+        if p["epoch"] >= r.epochs:
+            return "epochs"
+        if r.patience and p["bad_epochs"] >= r.patience:
+            return "early_stopping"
+        if r.max_time and now >= r.max_time:
+            return "max_time"
+        return None
+
+    def _now(self, start: float, base: float) -> float:
+        """Training seconds so far, the same on every process (the slowest one's clock)."""
+        t = torch.tensor([base + time.monotonic() - start], dtype=torch.float64, device=self.device)
+        if self.d.active:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+
+    def evaluate(self, model: StudentForceField, loader) -> dict[str, float]:
+        """Errors of ``model`` over ``loader`` (summed over processes)."""
+        model.eval()
+        sums = ErrorSums(self.device)
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            pred = model(batch, compute_forces=self.data.has_forces, compute_stress=self.use_stress)
+            sums.add(pred, batch)
+        self.d.all_reduce_sum(sums.sums)
+        return sums.metrics(self.cfg.loss)
+
+    def train_epoch(self, epoch: int, start: float, base: float, reserve: float) -> tuple[dict, bool, int]:
+        """One pass over the training split; stops early (``out_of_time``) when the budget is reached."""
+        cfg, p = self.cfg, self.progress
+        self.model.train()
+        self.train_loader.sampler.set_epoch(epoch)
+        sums, n_batches, out_of_time = ErrorSums(self.device), 0, False
+        from tqdm import tqdm
+
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=self.quiet, unit="batch")
+        for batch in bar:
+            now = self._now(start, base) if cfg.run.max_time else 0.0
+            if cfg.run.max_time and now + reserve >= cfg.run.max_time:
+                out_of_time = True
+                break
+            lr = self.schedule.lr(p["step"], now)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            pred = self.net(batch, compute_forces=self.use_forces, compute_stress=self.use_stress)
+            loss = batch_loss(pred, batch, cfg.loss, self.use_forces, self.use_stress)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"epoch {epoch}, step {p['step']}: the loss is {loss.item()}; "
+                                   f"training diverged (try a lower optim.lr than {cfg.optim.lr})")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.ema.update()
+            p["step"] += 1
+            n_batches += 1
+            sums.add({k: v.detach() for k, v in pred.items()}, batch)
+            bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+        bar.close()
+        self.d.all_reduce_sum(sums.sums)
+        return sums.metrics(cfg.loss), out_of_time, n_batches
+
+    def run(self) -> TrainResult:
+        cfg, p, d = self.cfg, self.progress, self.d
+        if d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml")
+        if not self.quiet:
+            s = self.data.summary
+            print(f"training on {s['path']}: {s['n_train']} train / {s['n_val']} val / {s['n_test']} test "
+                  f"frames, {self.model.num_parameters()} parameters, device {self.device}, "
+                  f"{d.world} process(es)")
+        start, base = time.monotonic(), p["train_time"]
+        stop, reserve = self._stop_reason(base), 0.0
+        while stop is None:
+            epoch, t0 = p["epoch"] + 1, time.monotonic()
+            train_metrics, out_of_time, n_batches = self.train_epoch(epoch, start, base, reserve)
+            if n_batches == 0:  # the budget ran out before this epoch started: nothing new to record
+                stop = "max_time"
+                break
+            t1 = time.monotonic()
+            val = self.evaluate(self.ema_model, self.val_loader)
+            reserve = time.monotonic() - t1  # the next epoch stops early enough to leave time to validate
+            self.schedule.end_epoch(val["loss"])
+            p["epoch"], p["train_time"] = epoch, self._now(start, base)
+            improved = val["loss"] < p["best_loss"]
+            if improved:
+                p.update(best_loss=val["loss"], best_epoch=epoch, bad_epochs=0, best_val=val)
+                if d.main:
+                    self.ema_model.save(self.run_dir / "student.pt",
+                                        metadata={**self.metadata, "validation": {"epoch": epoch, **val}})
+            else:
+                p["bad_epochs"] += 1
+            p["history"].append({
+                "epoch": epoch, "train_loss": train_metrics["loss"], "val_loss": val["loss"],
+                "train_energy_mae_per_atom": train_metrics["energy_mae_per_atom"],
+                "val_energy_mae_per_atom": val["energy_mae_per_atom"],
+                "train_force_mae": train_metrics["force_mae"], "val_force_mae": val["force_mae"],
+                "val_force_rmse": val["force_rmse"], "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_time_s": time.monotonic() - t0, "train_time_s": p["train_time"],
+            })
+            if d.main:
+                self._save_state()  # after student.pt: a kill in between just repeats this epoch
+                write_metrics_csv(self.run_dir / "metrics.csv", p["history"])
+            if not self.quiet:
+                row = p["history"][-1]
+                print(f"epoch {epoch:4d}  loss {row['train_loss']:.4g} / val {row['val_loss']:.4g}  "
+                      f"E {1e3 * row['val_energy_mae_per_atom']:.2f} meV/atom  "
+                      f"F {1e3 * row['val_force_mae']:.1f} meV/Å  lr {row['lr']:.2e}  "
+                      f"{row['epoch_time_s']:.1f} s" + ("  *" if improved else ""),
+                      flush=True)
+            stop = "max_time" if out_of_time else self._stop_reason(p["train_time"])
+        return self.finish(stop)
+
+    def finish(self, stop: str) -> TrainResult:
+        """Evaluate the best weights on the test split; write metrics.json, the plot, final student.pt."""
+        p, d = self.progress, self.d
+        checkpoint = self.run_dir / "student.pt"
+        d.barrier()
+        if p["best_epoch"] == 0 or not checkpoint.exists():
+            raise RuntimeError(f"training stopped ({stop}) before the first epoch finished; no student was "
+                               "written (raise --max-time)")
+        if not parameters_in_sync(self.model, d):
+            raise RuntimeError("DDP processes ended with different weights: gradients were not synchronised")
+        best = StudentForceField.load(checkpoint).to(device=self.device, dtype=self.dtype)
+        test = None
+        if len(self.data.test):
+            loader = make_loader(self.data, self.data.test, self.cfg.data.batch_size, self.cfg.model.cutoff,
+                                 shuffle=False, seed=0, rank=d.rank, world=d.world)
+            test = self.evaluate(best, loader)
+        if d.main:
+            summary = {"epochs": p["epoch"], "best_epoch": p["best_epoch"], "stop_reason": stop,
+                       "train_time_s": p["train_time"], "world_size": d.world}
+            training = {**self.metadata["training"], **summary}
+            best.save(checkpoint, metadata={"test": test, "training": training})
+            write_json(self.run_dir / "metrics.json", {"test": test, "validation": p["best_val"], **summary})
+            plot_learning_curve(self.run_dir / "learning_curve.png", p["history"])
+            if not self.cfg.run.quiet:
+                print(f"stopped: {stop} after {p['epoch']} epochs, {p['train_time']:.0f} s; best epoch "
+                      f"{p['best_epoch']}")
+                if test is not None:
+                    print(f"test ({len(self.data.test)} frames): "
+                          f"energy MAE {1e3 * test['energy_mae_per_atom']:.2f} meV/atom, "
+                          f"force MAE {1e3 * test['force_mae']:.1f} meV/Å, "
+                          f"RMSE {1e3 * test['force_rmse']:.1f} meV/Å, "
+                          f"cosine {test['force_cosine']:.4f}")
+        return TrainResult(self.run_dir, checkpoint, p["epoch"], p["best_epoch"], stop, p["train_time"],
+                           p["best_val"], test, p["history"])
