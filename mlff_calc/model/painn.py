@@ -84,11 +84,13 @@ class PaiNNMessage(nn.Module):
 class PaiNNUpdate(nn.Module):
     """Per-atom mixing of scalar and vector channels (PaiNN Eq. 9-11)."""
 
-    def __init__(self, hidden_dim: int, epsilon: float = 1e-8):
+    def __init__(self, hidden_dim: int, epsilon: float = 1e-2):
         super().__init__()
         self.hidden_dim = hidden_dim
-        # Small positive epsilon inside the norm: keeps ∂|v|/∂v finite at v = 0, where every
-        # vector feature starts, so forces (a derivative of the energy) never become NaN.
+        # sqrt(|v|² + ε) instead of |v|: finite gradient at v = 0, where every vector feature starts,
+        # so forces never become NaN. ε is not tiny on purpose: at a symmetric structure (a perfect
+        # lattice) v = 0 exactly, and with ε = 1e-8 the energy would grow like |displacement| (a cusp,
+        # curvature 1/√ε = 1e4) instead of quadratically; 1e-2 keeps the surface smooth there.
         self.epsilon = epsilon
         self.vector_mix = nn.Linear(hidden_dim, 2 * hidden_dim, bias=False)
         self.scalar_mlp = nn.Sequential(

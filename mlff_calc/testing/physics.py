@@ -156,6 +156,29 @@ class CalculatorPhysicsTests:
             assert np.abs(inside["forces"]).max() < 50 * delta + self.tol(dtype, "symmetry")
         np.testing.assert_allclose(dimer(rc)["energy"], far["energy"], atol=self.tol(dtype, "symmetry"))
 
+    def test_smooth_at_symmetric_structure(self, dtype):
+        """Near a perfect lattice (forces zero by symmetry) the energy is quadratic in the displacement.
+
+        A norm like sqrt(|v|² + tiny) makes it grow like |δ| instead: a cusp that breaks MD started
+        from a crystal and phonons. E(2δ) - E(0) must be 4 (E(δ) - E(0)).
+        """
+        if dtype != "float64":
+            return  # micro-eV energy differences: below float32 resolution
+        from ase.build import bulk
+
+        crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+        direction = np.random.default_rng(5).normal(size=crystal.positions.shape)
+        direction /= np.linalg.norm(direction)
+        calc = self.make_calculator(dtype)
+        np.testing.assert_allclose(_evaluate(crystal, calc)["forces"], 0.0, atol=1e-10)
+        energies = []
+        for delta in (0.0, 0.01, 0.02):
+            displaced = crystal.copy()
+            displaced.positions += delta * direction
+            energies.append(_evaluate(displaced, calc)["energy"])
+        ratio = (energies[2] - energies[0]) / (energies[1] - energies[0])
+        assert 3.6 < ratio < 4.4, f"E(2δ)-E0 = {ratio:.2f} x (E(δ)-E0), expected 4 (quadratic)"
+
     def test_distant_fragments_add_up(self, dtype):
         tol = self.tol(dtype, "symmetry")
         a = organic_molecule(seed=1)
