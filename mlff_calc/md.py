@@ -1,0 +1,402 @@
+"""Molecular dynamics with the student (or any ASE calculator): ``run_md`` and ``mlff-calc md``.
+
+    from mlff_calc import StudentCalculator
+    from mlff_calc.md import run_md
+    result = run_md(atoms, StudentCalculator.from_checkpoint("student.pt"), ensemble="nvt",
+                    temperature=300, timestep=0.5, steps=10_000, traj="md.traj", log="md.log")
+    result.ns_per_day, result.temperatures.mean(), result.drift_mev_per_atom_ps
+
+Integrators (all from ASE 3.29):
+
+==========  ===============  ===============================================================================
+ensemble    thermostat       ASE class
+==========  ===============  ===============================================================================
+nve         (none)           ``VelocityVerlet``
+nvt         langevin         ``Langevin`` (``friction`` in 1/fs; noise on all 3N degrees of freedom)
+nvt         nose-hoover      ``NoseHooverChainNVT`` (chain of 3; ``tdamp`` = 100 x timestep by default)
+npt         langevin         ``LangevinBAOAB``, hydrostatic: Langevin atoms, Langevin-Hoover isotropic cell
+                             (Quigley & Probert 2004); ``pdamp`` = 1000 x timestep by default
+npt         nose-hoover      ``IsotropicMTKNPT``: Nose-Hoover chains + Martyna-Tobias-Klein isotropic barostat
+==========  ===============  ===============================================================================
+
+NPT changes the volume, not the cell shape, and needs a fully periodic cell and a calculator with stress.
+
+Blow-up detection (``MDBlowUp``), checked after every ``check_interval`` steps (default: every step;
+a few numpy reductions, negligible next to a force call), and the reason it is a blow-up:
+
+- non-finite positions, momenta, forces or (at logged steps) energy: nothing after that is physics;
+- any force above ``max_force`` (1000 eV/Å): real forces in MD stay below ~50 eV/Å even for close
+  contacts at high temperature; a broken or out-of-domain model gives runaway values;
+- kinetic temperature above 10 x max(temperature, 100 K): the run is heating itself (energy not
+  conserved), the usual first sign of a student leaving its training domain; the 100 K floor keeps cold
+  or 0 K starts from tripping it;
+- molecules (no periodic axis): an atom farther than 10 Å beyond the starting extent from the centre of
+  mass (the molecule is flying apart);
+- NPT: the volume changed by more than a factor of 2 from the start (the barostat ran away).
+
+On a blow-up the trajectory and log keep every frame written before it (the bad frame is never written),
+and the exception carries ``step``, ``reason`` and the partial ``result``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.io import Trajectory
+from ase.md.logger import MDLogger
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+
+ENSEMBLES = ("nve", "nvt", "npt")
+THERMOSTATS = ("langevin", "nose-hoover")
+
+MAX_FORCE = 1e3  # eV/Å
+TEMPERATURE_FACTOR = 10.0  # blow-up above this x max(target, TEMPERATURE_FLOOR)
+TEMPERATURE_FLOOR = 100.0  # K
+ESCAPE_DISTANCE = 10.0  # Å beyond the starting extent of a molecule
+VOLUME_FACTOR = 2.0  # NPT: the volume stays within [V0 / 2, 2 V0]
+
+
+class MDBlowUp(RuntimeError):
+    """The MD run went unphysical. ``step``: the first bad step; ``reason``: what happened;
+    ``result``: an :class:`MDResult` of the good part of the run (the frames that were written)."""
+
+    def __init__(self, message: str, step: int, reason: str, result: "MDResult | None" = None):
+        super().__init__(message)
+        self.step, self.reason, self.result = step, reason, result
+
+
+@dataclass
+class MDResult:
+    """What ``run_md`` measured. Arrays hold one value per logged frame (steps 0, interval, 2 interval, ...).
+
+    ``drift_mev_per_atom_ps``: slope of a least-squares line through the conserved energy per atom vs
+    time (meV/atom/ps); ``max_deviation_mev_per_atom``: max |E(t) - E(0)| per atom (meV). The conserved
+    energy is the total energy for NVE and ASE's ``get_conserved_energy()`` (total + thermostat/barostat
+    terms) for Nose-Hoover; Langevin has no conserved energy, so both are NaN there.
+    """
+
+    ensemble: str
+    integrator: str  # the ASE class that ran, e.g. "IsotropicMTKNPT"
+    n_atoms: int
+    timestep_fs: float
+    steps_done: int
+    time_ps: float  # simulated time
+    times_ps: np.ndarray
+    total_energies: np.ndarray  # eV
+    potential_energies: np.ndarray  # eV
+    kinetic_energies: np.ndarray  # eV
+    temperatures: np.ndarray  # K (kinetic)
+    volumes: np.ndarray | None  # Å^3, NPT only
+    conserved_energies: np.ndarray | None  # eV, see above; None for Langevin
+    wall_s: float  # wall-clock seconds of the run (force calls, integrator, I/O)
+    ns_per_day: float
+    drift_mev_per_atom_ps: float
+    max_deviation_mev_per_atom: float
+
+    @property
+    def final_temperature(self) -> float:
+        return float(self.temperatures[-1]) if len(self.temperatures) else math.nan
+
+    def summary(self) -> str:
+        """A few human-readable lines (what ``mlff-calc md`` prints)."""
+        lines = [
+            f"{self.ensemble.upper()} ({self.integrator}): {self.steps_done} steps of "
+            f"{self.timestep_fs:g} fs = {self.time_ps:.4g} ps "
+            f"of {self.n_atoms} atoms in {self.wall_s:.1f} s ({self.ns_per_day:.3g} ns/day)",
+            f"temperature: final {self.final_temperature:.1f} K, mean {np.mean(self.temperatures):.1f} K",
+        ]
+        if self.volumes is not None:
+            lines.append(f"volume: {self.volumes[0]:.2f} -> {self.volumes[-1]:.2f} Å^3")
+        if np.isfinite(self.drift_mev_per_atom_ps):
+            what = "total" if self.ensemble == "nve" else "conserved"
+            lines.append(f"{what} energy drift: {self.drift_mev_per_atom_ps:+.4f} meV/atom/ps, "
+                         f"max deviation {self.max_deviation_mev_per_atom:.4f} meV/atom")
+        return "\n".join(lines)
+
+
+def run_md(
+    atoms: Atoms,
+    calc=None,
+    ensemble: str = "nvt",
+    temperature: float = 300.0,
+    timestep: float = 0.5,
+    steps: int = 1000,
+    traj: str | Path | None = None,
+    log: str | Path | None = None,
+    interval: int = 10,
+    seed: int = 0,
+    friction: float = 0.01,
+    thermostat: str = "langevin",
+    pressure: float = 1.01325,
+    progress: bool = True,
+    *,
+    init_velocities: bool = True,
+    tdamp: float | None = None,
+    pdamp: float | None = None,
+    check_interval: int = 1,
+    max_force: float = MAX_FORCE,
+) -> MDResult:
+    """Run MD on ``atoms`` (advanced in place, like ASE's dynamics) with ``calc`` (default: ``atoms.calc``).
+
+    Args:
+        ensemble: ``"nve"``, ``"nvt"`` or ``"npt"`` (table in the module docstring).
+        temperature: target (NVT, NPT) and initial-velocity temperature, K.
+        timestep: fs. steps: number of MD steps.
+        traj: ASE ``.traj`` file, a frame every ``interval`` steps (step 0 included).
+        log: ``ase.md.MDLogger`` text log (time, energies, temperature; stress for NPT), same interval.
+        interval: steps between logged frames (also the resolution of the result arrays).
+        seed: seeds the Maxwell-Boltzmann velocities and the Langevin noise.
+        friction: Langevin friction, 1/fs (NVT; NPT uses 1/friction as its thermostat time).
+        thermostat: ``"langevin"`` or ``"nose-hoover"`` (NVT and NPT).
+        pressure: external pressure for NPT, bar.
+        progress: tqdm bar on stderr with the speed in ns/day.
+        init_velocities: draw Maxwell-Boltzmann velocities at ``temperature`` (zero total momentum, and
+            zero angular momentum for molecules); ``False`` keeps the momenta ``atoms`` has.
+        tdamp, pdamp: Nose-Hoover thermostat / barostat time constants, fs (defaults 100 and 1000 x timestep).
+        check_interval: steps between blow-up checks. max_force: blow-up threshold, eV/Å.
+
+    Raises ``ValueError`` for bad options or a structure the ensemble cannot run (NPT of a molecule),
+    and :class:`MDBlowUp` when the run goes unphysical (see the module docstring).
+    """
+    ensemble, thermostat = str(ensemble).lower(), str(thermostat).lower().replace("_", "-")
+    _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, interval, friction,
+                   check_interval)
+    if calc is not None:
+        atoms.calc = calc
+    if atoms.calc is None:
+        raise ValueError("no calculator: pass calc= or set atoms.calc")
+    rng = np.random.default_rng(seed)
+    if init_velocities:
+        _init_velocities(atoms, temperature, rng)
+    atoms.get_forces()  # errors on the starting structure are input errors, not blow-ups: let them through
+
+    dyn = _make_dynamics(atoms, ensemble, thermostat, temperature, timestep, friction, pressure, tdamp, pdamp,
+                         rng)
+    conserved = ensemble == "nve" or thermostat == "nose-hoover"
+    frames: dict[str, list[float]] = {k: [] for k in ("t", "epot", "ekin", "T", "V", "cons")}
+    watch = _BlowUpWatch(atoms, ensemble, temperature, max_force)
+    writer = Trajectory(str(traj), "w", atoms) if traj is not None else None
+    logger = MDLogger(dyn, atoms, str(log), stress=ensemble == "npt", mode="w") if log is not None else None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
+    start = time.perf_counter()
+
+    def record() -> None:
+        epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
+        if not np.isfinite(epot):
+            raise watch.blow_up(dyn.nsteps, f"non-finite potential energy ({epot})")
+        frames["t"].append(dyn.get_time() / (1000 * units.fs))
+        frames["epot"].append(epot)
+        frames["ekin"].append(ekin)
+        frames["T"].append(atoms.get_temperature())
+        frames["V"].append(atoms.get_volume() if ensemble == "npt" else math.nan)
+        frames["cons"].append(_conserved_energy(dyn, epot + ekin) if conserved else math.nan)
+        if writer is not None:
+            writer.write(atoms)
+        if logger is not None:
+            logger()
+        if progress and dyn.nsteps:
+            speed = _ns_per_day(dyn.nsteps, timestep, time.perf_counter() - start)
+            bar.set_postfix_str(f"{speed:.3g} ns/day, T={frames['T'][-1]:.0f} K", refresh=False)
+
+    # Order matters: the check runs first, so a bad frame never reaches the trajectory or the log.
+    dyn.attach(lambda: watch.check(dyn.nsteps), interval=check_interval)
+    dyn.attach(record, interval=interval)
+
+    def result() -> MDResult:
+        return _make_result(frames, ensemble, type(dyn).__name__, len(atoms), timestep, dyn.nsteps,
+                            time.perf_counter() - start, conserved)
+
+    try:
+        run = dyn.irun(int(steps))
+        while True:
+            try:
+                next(run)
+            except StopIteration:
+                break
+            except (ValueError, RuntimeError, ArithmeticError) as exc:
+                if isinstance(exc, MDBlowUp):
+                    raise
+                # The calculator failed mid-run (the student refuses overlapping atoms or non-finite input):
+                # the structure has become garbage, which is a blow-up.
+                reason = f"the calculator raised {type(exc).__name__}: {exc}"
+                raise watch.blow_up(dyn.nsteps + 1, reason) from exc
+            bar.update(1 if dyn.nsteps else 0)
+    except MDBlowUp as exc:
+        exc.result = result()
+        kept = len(frames["t"])
+        where = f" in {traj}" if traj is not None else ""
+        exc.args = (f"{exc.args[0]}; kept {kept} frame{'' if kept == 1 else 's'}{where}"
+                    + (f" (steps 0..{(kept - 1) * interval})" if kept else ""),)
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if logger is not None:
+            logger.close()
+    return result()
+
+
+def _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, interval, friction,
+                   check_interval) -> None:
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
+    if thermostat not in THERMOSTATS:
+        raise ValueError(f"thermostat must be one of {', '.join(THERMOSTATS)}, got {thermostat!r}")
+    if len(atoms) == 0:
+        raise ValueError("the structure has no atoms")
+    if not (timestep > 0 and math.isfinite(timestep)):
+        raise ValueError(f"timestep must be > 0 fs, got {timestep}")
+    if not temperature >= 0 or (ensemble != "nve" and not temperature > 0):
+        raise ValueError(f"temperature must be > 0 K for {ensemble.upper()} (>= 0 for NVE), "
+                         f"got {temperature}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {steps}")
+    for name, value in (("interval", interval), ("check_interval", check_interval)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value}")
+    if not friction > 0:
+        raise ValueError(f"friction must be > 0 (1/fs), got {friction}")
+    if ensemble == "npt" and not atoms.pbc.all():
+        raise ValueError(f"NPT needs a fully periodic cell (this structure has pbc={atoms.pbc.tolist()}); "
+                         f"use --ensemble nvt or nve for molecules, slabs and wires")
+
+
+def _init_velocities(atoms: Atoms, temperature: float, rng: np.random.Generator) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature`` K, no net momentum (nor rotation, for a molecule)."""
+    if temperature <= 0 or len(atoms) < 2:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
+        return
+    thermalize_momenta(atoms, temperature, rng=rng)
+    Stationary(atoms)
+    if not atoms.pbc.any() and len(atoms) > 2:
+        ZeroRotation(atoms)  # a free molecule spinning up is not temperature
+
+
+def _make_dynamics(atoms, ensemble, thermostat, temperature, timestep, friction, pressure, tdamp, pdamp, rng):
+    dt = timestep * units.fs
+    tdamp = (tdamp if tdamp is not None else 100 * timestep) * units.fs
+    pdamp = (pdamp if pdamp is not None else 1000 * timestep) * units.fs
+    if ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(atoms, timestep=dt)
+    if ensemble == "nvt" and thermostat == "langevin":
+        from ase.md.langevin import Langevin
+
+        # fixcm=False: noise on all 3N degrees of freedom samples the canonical ensemble exactly (ASE's
+        # fixcm=True does not, and is deprecated); the centre of mass diffuses, which nothing here minds.
+        return Langevin(atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs,
+                        fixcm=False, rng=rng)
+    if ensemble == "nvt":
+        from ase.md.nose_hoover_chain import NoseHooverChainNVT
+
+        return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=temperature, tdamp=tdamp)
+    if atoms.constraints:
+        raise ValueError("NPT with constraints is not supported by ASE's NPT integrators; remove them")
+    if thermostat == "langevin":
+        from ase.md.langevinbaoab import LangevinBAOAB
+
+        with warnings.catch_warnings():  # it announces its (documented) heuristic barostat mass
+            warnings.filterwarnings("ignore", message="Using heuristic P_mass")
+            # ASE's stress sign: a positive pressure is a negative external stress.
+            return LangevinBAOAB(atoms, dt, temperature_K=temperature, externalstress=-pressure * units.bar,
+                                 hydrostatic=True, T_tau=units.fs / friction, P_tau=pdamp, rng=rng)
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+    return IsotropicMTKNPT(atoms, timestep=dt, temperature_K=temperature, pressure_au=pressure * units.bar,
+                           tdamp=tdamp, pdamp=pdamp)
+
+
+def _conserved_energy(dyn, total: float) -> float:
+    get = getattr(dyn, "get_conserved_energy", None)
+    return float(get()) if get is not None else total
+
+
+class _BlowUpWatch:
+    """The cheap per-step checks of the module docstring."""
+
+    def __init__(self, atoms: Atoms, ensemble: str, temperature: float, max_force: float):
+        self.atoms = atoms
+        self.max_temperature = TEMPERATURE_FACTOR * max(temperature, TEMPERATURE_FLOOR)
+        self.max_force = max_force
+        self.molecule = not atoms.pbc.any() and len(atoms) > 1
+        if self.molecule:
+            extent = np.linalg.norm(atoms.positions - atoms.get_center_of_mass(), axis=1).max()
+            self.max_radius = extent + ESCAPE_DISTANCE
+        self.volume0 = atoms.get_volume() if ensemble == "npt" else None
+
+    def blow_up(self, step: int, reason: str) -> MDBlowUp:
+        return MDBlowUp(f"MD blew up at step {step}: {reason}", step=step, reason=reason)
+
+    def check(self, step: int) -> None:
+        atoms = self.atoms
+        # Forces first: non-finite forces are the cause, non-finite velocities (a half-kick later) the effect.
+        forces = atoms.get_forces()  # cached by the integrator's own call: no extra model evaluation
+        if not np.isfinite(forces).all():
+            bad = int(np.flatnonzero(~np.isfinite(forces).all(axis=1))[0])
+            raise self.blow_up(step, f"non-finite force on atom {bad} ({atoms.get_chemical_symbols()[bad]})")
+        positions, momenta = atoms.positions, atoms.get_momenta()
+        if not (np.isfinite(positions).all() and np.isfinite(momenta).all()):
+            raise self.blow_up(step, "non-finite positions or velocities")
+        fmax = np.linalg.norm(forces, axis=1)
+        if fmax.max() > self.max_force:
+            i = int(fmax.argmax())
+            raise self.blow_up(step, f"force of {fmax[i]:.3g} eV/Å on atom {i} > {self.max_force:g} eV/Å")
+        temperature = atoms.get_temperature()
+        if temperature > self.max_temperature:
+            raise self.blow_up(step, f"kinetic temperature {temperature:.0f} K > "
+                                     f"{self.max_temperature:.0f} K ({TEMPERATURE_FACTOR:g} x max(target, "
+                                     f"{TEMPERATURE_FLOOR:g} K))")
+        if self.molecule:
+            radius = np.linalg.norm(positions - atoms.get_center_of_mass(), axis=1)
+            if radius.max() > self.max_radius:
+                i = int(radius.argmax())
+                raise self.blow_up(step, f"atom {i} is {radius[i]:.1f} Å from the centre of mass, more than "
+                                         f"{ESCAPE_DISTANCE:g} Å beyond the starting extent (flying apart)")
+        if self.volume0 is not None:
+            ratio = atoms.get_volume() / self.volume0
+            if not (1 / VOLUME_FACTOR <= ratio <= VOLUME_FACTOR):
+                raise self.blow_up(step, f"the volume changed by a factor {ratio:.3g} (allowed "
+                                         f"1/{VOLUME_FACTOR:g}..{VOLUME_FACTOR:g}): the barostat ran away")
+
+
+def _ns_per_day(steps: int, timestep_fs: float, wall_s: float) -> float:
+    return steps * timestep_fs * 1e-6 / wall_s * 86400.0 if wall_s > 0 else math.nan
+
+
+def _make_result(frames, ensemble, integrator, n_atoms, timestep, steps_done, wall_s, conserved) -> MDResult:
+    arrays = {k: np.asarray(v, dtype=float) for k, v in frames.items()}
+    times = arrays["t"]
+    drift = deviation = math.nan
+    if conserved and len(times) >= 2:
+        per_atom = arrays["cons"] / n_atoms
+        drift = float(np.polyfit(times, per_atom, 1)[0]) * 1e3  # eV/atom/ps -> meV/atom/ps
+        deviation = float(np.abs(per_atom - per_atom[0]).max()) * 1e3
+    return MDResult(
+        ensemble=ensemble,
+        integrator=integrator,
+        n_atoms=n_atoms,
+        timestep_fs=float(timestep),
+        steps_done=int(steps_done),
+        time_ps=steps_done * timestep * 1e-3,
+        times_ps=times,
+        total_energies=arrays["epot"] + arrays["ekin"],
+        potential_energies=arrays["epot"],
+        kinetic_energies=arrays["ekin"],
+        temperatures=arrays["T"],
+        volumes=arrays["V"] if ensemble == "npt" else None,
+        conserved_energies=arrays["cons"] if conserved else None,
+        wall_s=wall_s,
+        ns_per_day=_ns_per_day(steps_done, timestep, wall_s),
+        drift_mev_per_atom_ps=drift,
+        max_deviation_mev_per_atom=deviation,
+    )
