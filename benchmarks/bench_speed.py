@@ -1,0 +1,711 @@
+"""Speed of the student (``StudentCalculator``) next to Orb-v2, energy + forces per MD-like step.
+
+    python benchmarks/bench_speed.py                      # full default set (~15 min on 2 CPU cores)
+    python benchmarks/bench_speed.py --quick              # small systems only (~2 min)
+    python benchmarks/bench_speed.py --systems water_81,si_64 --models student
+    python benchmarks/bench_speed.py --sizes small,medium --device cuda
+    python benchmarks/bench_speed.py --orb-sweep          # Orb-v2 precision x compile settings on water_81
+
+Every (system, model) pair runs in its own subprocess, so peak RSS is that model's alone, global
+torch state set by one model (Orb sets the default dtype and matmul precision) cannot reach the other,
+and a run over its time or memory budget is killed and reported as ``skipped (> N s)`` / ``(> N GiB)``.
+
+An *MD-like step* advances time by dt = 1 fs and moves every atom along its own thermal oscillation,
+``x_i(t) = x_i(0) + (v_i / w) [sin(w t + p_i) - sin p_i]`` (``v_i`` Maxwell-Boltzmann at 300 K, random
+phase ``p_i``, period 2 pi / w = 40 fs: H moves ~0.03 Å per step and up to ~0.5 Å in all), then times
+``atoms.get_forces()`` (energy and forces in one call). It is not real dynamics (random weights would
+make real dynamics explode, and free flight would break bonds within tens of steps) but atoms move as
+in a few tens of femtoseconds of MD, so the student's Verlet-skin neighbour list is reused and
+rebuilt as in MD (about every 10 steps in water); Orb-v2 builds its graph at every call, as its
+calculator does in MD. The median over the timed steps is reported; the mean (which includes the
+list rebuilds) is printed under the table and every step time is in ``--json``.
+
+Both models use random weights (speed does not depend on them): the student is ``StudentForceField()``
+with its defaults, Orb-v2 is its real architecture (``pretrained.orb_v2_architecture``), saved with random
+weights and loaded back through ``pretrained.orb_v2(weights_path=...)`` (no download).
+
+Results go to ``benchmarks/RESULTS.md`` between ``<!-- bench_speed:start -->`` and
+``<!-- bench_speed:end -->`` (other sections are left alone). A full default run writes there;
+filtered runs (--quick, --systems, --sizes, --models) print only, unless ``--write`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _systems import SYSTEMS, build  # noqa: E402
+
+MODELS = ("student", "orb-v2")
+DEFAULT_SIZES = ("small", "medium", "large")
+RESULTS = HERE / "RESULTS.md"
+TAG = "BENCH_JSON "  # prefix of the worker's JSON lines on stdout
+KB_PER_MIB = 1024.0
+BUSY_CORES = 0.25  # other processes using more than this (in cores) during a run: its time is flagged ⚠
+
+
+# ==== worker: one model on one system, in its own process ===========================================
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KB_PER_MIB  # Linux: KiB
+
+
+def _emit(**record) -> None:
+    print(TAG + json.dumps(record), flush=True)
+
+
+def _thermal_velocities(atoms, temperature_k: float, seed: int) -> np.ndarray:
+    """``(n, 3)`` Å/fs, Maxwell-Boltzmann at ``temperature_k``, zero total momentum."""
+    from ase import units
+
+    rng = np.random.default_rng(seed)
+    masses = atoms.get_masses()[:, None]
+    momenta = rng.standard_normal((len(atoms), 3)) * np.sqrt(masses * units.kB * temperature_k)
+    momenta -= momenta.sum(axis=0) / len(atoms)
+    return momenta / masses * units.fs  # ASE velocity units -> Å/fs
+
+
+def _make_calculator(opts: dict):
+    import torch
+
+    device = opts["device"]
+    if opts["model"] == "student":
+        from mlff_calc import StudentCalculator, StudentForceField
+
+        torch.manual_seed(0)
+        model = StudentForceField()  # defaults: hidden 128, 3 interactions, 20 RBF, 5 Å
+        calc = StudentCalculator(model, device=device, dtype="float32", skin=opts["skin"])
+        info = {"config": model.config, "parameters": model.num_parameters(), "dtype": "float32",
+                "skin": opts["skin"], "fused": _student_fused(calc.model)}
+        return calc, info
+
+    import warnings
+
+    from orb_models.forcefield import pretrained
+    from orb_models.forcefield.calculator import ORBCalculator
+
+    weights = Path(opts["orb_weights"])
+    if not weights.exists():  # real architecture, random weights, loaded through the real path
+        torch.manual_seed(0)
+        tmp = weights.with_suffix(".tmp")
+        torch.save(pretrained.orb_v2_architecture().state_dict(), tmp)
+        tmp.replace(weights)
+    # auto = Orb's own default (compile everywhere but MPS); on this project's 2-core CPU it measured
+    # ~15-20 % faster per step than eager after a 15-20 s compile (see --orb-sweep in RESULTS.md).
+    compile_ = {"on": True, "off": False, "auto": None}[opts["orb_compile"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Setting global torch default dtype ..."
+        model = pretrained.orb_v2(weights_path=str(weights), device=device,
+                                  precision=opts["orb_precision"], compile=compile_)
+    calc = ORBCalculator(model, device=device)
+    # Orb compiles its GNS submodule only (DirectForcefieldRegressor.compile / is_compiled).
+    compiled = bool(model.is_compiled()) if hasattr(model, "is_compiled") else bool(compile_)
+    info = {"precision": opts["orb_precision"], "compile": compile_, "compiled": bool(compiled),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return calc, info
+
+
+def _student_fused(model) -> bool | None:
+    """Whether the student's fused CPU kernels are on and built (``None`` if this version has none)."""
+    if not hasattr(model, "fused"):
+        return None
+    try:
+        from mlff_calc.model import fused
+
+        return bool(model.fused and fused.available())
+    except Exception:
+        return False
+
+
+def _probe_gflops(seconds: float = 0.3) -> float:
+    """Throughput of a 512x512 float32 matmul right now: shows CPU contention from other tenants."""
+    import torch
+
+    a = torch.randn(512, 512)
+    a @ a
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ a
+        n += 1
+    return 2 * 512**3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def _graph_edges(atoms, opts: dict, calc) -> int | None:
+    """Edges of the graph the model sees at the starting positions."""
+    try:
+        if opts["model"] == "student":
+            import vesin
+
+            (i,) = vesin.ase_neighbor_list("i", atoms, calc.model.cutoff)
+            return int(len(i))
+        from orb_models.forcefield.atomic_system import ase_atoms_to_atom_graphs
+
+        graph = ase_atoms_to_atom_graphs(atoms, system_config=calc.system_config, device="cpu")
+        return int(graph.n_edge.sum())
+    except Exception:  # diagnostics only: never fail a timing because of it
+        return None
+
+
+def run_worker(opts: dict) -> None:
+    import torch
+
+    torch.set_num_threads(opts["threads"])
+    device = opts["device"]
+    cuda = device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    atoms = build(opts["system"])
+    calc, model_info = _make_calculator(opts)
+    _emit(event="info", model_info=model_info, threads=torch.get_num_threads(), torch=torch.__version__,
+          edges=_graph_edges(atoms, opts, calc), versions=_versions())
+    atoms.calc = calc
+    velocities = _thermal_velocities(atoms, 300.0, seed=1)
+    phases = np.random.default_rng(2).uniform(0.0, 2 * np.pi, size=(len(atoms), 1))
+    omega = 2 * np.pi / 40.0  # rad/fs
+    origin = atoms.positions.copy()
+    clock = {"t": 0.0, "dt": 1.0}  # fs
+    base_rss = _rss_mib()
+    probe_before = None if cuda else _probe_gflops()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> float:
+        clock["t"] += clock["dt"]
+        atoms.positions = origin + velocities / omega * (np.sin(omega * clock["t"] + phases) - np.sin(phases))
+        sync()
+        t0 = time.perf_counter()
+        atoms.get_forces()
+        sync()
+        return time.perf_counter() - t0
+
+    # Warm-up: two calls, or one when a call is long (its one-off costs are then negligible, and that
+    # call is kept as a timed step instead of spending minutes on warm-up) -- unless the model is
+    # torch.compiled, whose first call is mostly compilation.
+    first = step()
+    _emit(event="first_call", seconds=first)
+    times = []
+    keep_first = first > opts["long_call_s"] and not model_info.get("compiled")
+    if keep_first:
+        times.append(first)
+        n_steps = opts["min_steps_long"]
+    else:
+        warm = step()
+        n_steps = int(np.clip(opts["time_budget_s"] / max(warm, 1e-6), opts["min_steps"], opts["max_steps"]))
+    while len(times) < n_steps:
+        times.append(step())
+        _emit(event="step", seconds=times[-1])
+
+    profile = None
+    if opts.get("profile"):
+        profile = _profile_student(step, opts["profile_steps"])
+
+    builds = getattr(getattr(calc, "converter", None), "n_builds", None)  # diagnostics, student only
+    probe_after = None if cuda else _probe_gflops()
+    _emit(
+        event="result",
+        times_s=times,
+        median_ms=1e3 * float(np.median(times)),
+        mean_ms=1e3 * float(np.mean(times)),
+        min_ms=1e3 * float(np.min(times)),
+        first_call_ms=1e3 * first,
+        neighbor_list_builds=builds,
+        steps_total=len(times) + (0 if keep_first else 2)
+        + (opts["profile_steps"] if profile else 0),
+        base_rss_mib=base_rss,
+        peak_rss_mib=_peak_rss_mib(),
+        cuda_peak_mib=(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
+        profile=profile,
+        probe_gflops=[probe_before, probe_after],
+    )
+
+
+def _profile_student(step, n_steps: int) -> dict:
+    """Top ops by self time over ``n_steps`` MD-like steps (torch.profiler, CPU activities)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    wall = 0.0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n_steps):
+            wall += step()
+    events = prof.key_averages()
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_self_us = sum(e.self_cpu_time_total for e in events)
+    return {
+        "steps": n_steps,
+        "wall_ms_per_step": 1e3 * wall / n_steps,
+        "op_self_ms_per_step": total_self_us / 1e3 / n_steps,
+        "top": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / n_steps,
+                 "calls_per_step": e.count / n_steps} for e in rows[:15]],
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "orb-models", "ase", "vesin", "mlff_calc", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# ==== report: markdown section of RESULTS.md ==========================================================
+def machine_info(records: list[dict]) -> dict:
+    """CPU model, cores, RAM, and the package versions the workers reported."""
+    cpu, family, model_no, flags = platform.processor() or "unknown CPU", "?", "?", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name":
+                cpu = value
+            elif key == "cpu family":
+                family = value
+            elif key == "model":
+                model_no = value
+            elif key == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    import psutil
+
+    versions = next((r["versions"] for r in records if r.get("versions")), {})
+    threads = next((r["threads"] for r in records if r.get("threads")), None)
+    return {
+        "cpu": f"{cpu} (family {family}, model {model_no}; {', '.join(simd) or 'no AVX2'})",
+        "cores": len(os.sched_getaffinity(0)),
+        "ram_gib": psutil.virtual_memory().total / 2**30,
+        "versions": versions,
+        "threads": threads,
+        "python": platform.python_version(),
+    }
+
+
+def _header(info: dict, command: str, date: str, elapsed_s: float, device: str) -> list[str]:
+    v = info["versions"]
+    return [
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.0f} GiB RAM; device `{device}`; "
+        f"torch threads {info['threads']} (both models)",
+        f"- Software: torch {v.get('torch')}, orb-models {v.get('orb-models')}, "
+        f"mlff_calc {v.get('mlff_calc')}, "
+        f"ase {v.get('ase')}, vesin {v.get('vesin')}, Python {info['python']}",
+        f"- Command: `{command}` ({date}, {elapsed_s / 60:.1f} min)",
+    ]
+
+
+def _cell_ms(rec: dict | None) -> str:
+    if rec is None:
+        return "-"
+    busy = " ⚠" if rec.get("other_load_cores", 0.0) > BUSY_CORES else ""
+    if "skipped" in rec:
+        first = rec.get("first_call_s")
+        extra = f"; 1st call {_fmt_s(first)}" if first else ""
+        return rec["skipped"] + extra + busy
+    return f"{rec['median_ms']:.4g} ({rec['min_ms']:.4g}){busy}"
+
+
+def _cell_rss(rec: dict | None) -> str:
+    if rec is None or "peak_rss_mib" not in rec:
+        return "-"
+    cell = f"{rec['peak_rss_mib']:,.0f} (+{rec['peak_rss_mib'] - rec['base_rss_mib']:,.0f})"
+    if rec.get("cuda_peak_mib") is not None:
+        cell += f"; GPU {rec['cuda_peak_mib']:,.0f}"
+    return cell
+
+
+def results_markdown(results, models, info, command, date, elapsed_s, base, args) -> str:
+    student_cfg = next((r["student"]["model_info"] for r in results
+                        if "model_info" in r.get("student", {})), None)
+    orb_cfg = next((r["orb-v2"]["model_info"] for r in results if "model_info" in r.get("orb-v2", {})), None)
+    lines = ["## Speed: student vs Orb-v2, energy + forces per MD-like step (`bench_speed.py`)", ""]
+    lines += _header(info, command, date, elapsed_s, args.device)
+    if student_cfg:
+        lines.append(f"- Student: `StudentForceField()` defaults {student_cfg['config']}, "
+                     f"{student_cfg['parameters']:,} parameters, random weights, float32, "
+                     f"`StudentCalculator(skin={student_cfg['skin']})`, fused CPU kernels: "
+                     f"{ {True: 'on', False: 'off', None: 'n/a'}[student_cfg.get('fused')] }")
+    if orb_cfg:
+        lines.append("- Orb-v2: real architecture, random weights via `pretrained.orb_v2(weights_path=...)`, "
+                     f"precision `{orb_cfg['precision']}`, "
+                     f"torch.compile {'on' if orb_cfg.get('compiled') else 'off'} "
+                     "(compile time excluded), "
+                     f"{orb_cfg['parameters']:,} parameters, `ORBCalculator` (graph rebuilt every call)")
+    lines += [
+        "- Step: dt = 1 fs along per-atom thermal oscillations (300 K velocities, random phases, 40 fs "
+        "period; see the script's docstring), then "
+        "`atoms.get_forces()` is timed; median over the timed steps after warm-up "
+        f"(2 warm-up calls; a first call > {base['long_call_s']:.0f} s is itself timed instead, unless "
+        "the model is compiled). "
+        f"Budgets per (system, model): {args.timeout:.0f} s wall, "
+        f"{(args.max_mem_gib or 0.85 * info['ram_gib']):.0f} GiB RSS.",
+        "- Peak RSS: `ru_maxrss` of the model's own process, MiB (+ growth over the process after model "
+        "and structure were built, before the first call).",
+        "",
+        "- ms/step: median (min) of the timed steps; Orb/student and atoms·steps/s from the medians. "
+        "steps s/o: timed steps student/Orb. CPU probe: GFLOP/s of a 512² float32 matmul before/after "
+        "each model's steps (student | Orb) — low or uneven values mean other tenants shared the CPU. "
+        "other load: CPU cores used by other processes of this machine while the model ran (should be ~0; "
+        f"⚠ marks times taken with more than {BUSY_CORES} cores busy elsewhere).",
+        "",
+        "| system | atoms | pbc | student edges | student ms/step | Orb-v2 ms/step | Orb/student | "
+        "student atoms·steps/s | student peak RSS MiB | Orb-v2 edges | Orb-v2 peak RSS MiB | steps s/o | "
+        "CPU probe GFLOP/s | other load s \\| o |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for row in results:
+        s, o = row.get("student"), row.get("orb-v2")
+        ok_s = s is not None and "median_ms" in s
+        ok_o = o is not None and "median_ms" in o
+        ratio = f"{o['median_ms'] / s['median_ms']:.2f}" if ok_s and ok_o else "-"
+        rate = f"{row['atoms'] / (s['median_ms'] / 1e3):,.0f}" if ok_s else "-"
+        edges_s = f"{s['edges']:,}" if s and s.get("edges") is not None else "-"
+        edges_o = f"{o['edges']:,}" if o and o.get("edges") is not None else "-"
+        steps = "/".join(str(len(r["times_s"])) if r and "times_s" in r else "-" for r in (s, o))
+        probe = " \\| ".join("/".join(f"{g:.0f}" for g in r["probe_gflops"] if g is not None)
+                              if r and r.get("probe_gflops") else "-" for r in (s, o))
+        other = " \\| ".join(f"{r['other_load_cores']:.1f}" if r and "other_load_cores" in r else "-"
+                              for r in (s, o))
+        lines.append(f"| {row['system']} | {row['atoms']:,} | {row['pbc']} | {edges_s} | {_cell_ms(s)} | "
+                     f"{_cell_ms(o)} | {ratio} | {rate} | {_cell_rss(s)} | {edges_o} | {_cell_rss(o)} | "
+                     f"{steps} | "
+                     f"{probe} | {other} |")
+    notes = []
+    for row in results:
+        s = row.get("student") or {}
+        if s.get("neighbor_list_builds") is not None and "mean_ms" in s:
+            notes.append(f"{row['system']}: mean {s['mean_ms']:.4g} ms, "
+                         f"{s['neighbor_list_builds']} list build(s) "
+                         f"in {s['steps_total']} calls")
+    if notes:
+        lines += ["", "Student mean ms/step and skin-list builds (first call included): "
+                  + "; ".join(notes) + "."]
+    prof = next((r["student"].get("profile") for r in results if r.get("student", {}).get("profile")), None)
+    if prof:
+        system = next(r["system"] for r in results if r.get("student", {}).get("profile"))
+        lines += [
+            "",
+            f"Student profile on {system} (torch.profiler, {prof['steps']} steps, "
+            f"{prof['wall_ms_per_step']:.1f} ms/step under the profiler, of which "
+            f"{prof['op_self_ms_per_step']:.1f} ms in torch ops; the rest is Python, ASE and the converter):",
+            "",
+            "| op | self ms/step | % of step | calls/step |",
+            "|---|---:|---:|---:|",
+        ]
+        for op in prof["top"][:10]:
+            lines.append(f"| `{op['op']}` | {op['self_ms_per_step']:.2f} | "
+                         f"{100 * op['self_ms_per_step'] / prof['wall_ms_per_step']:.0f} | "
+                         f"{op['calls_per_step']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def orb_settings_markdown(rows, info, command, date, elapsed_s) -> str:
+    lines = ["## Orb-v2 settings on CPU (`bench_speed.py --orb-sweep`)", ""]
+    lines += _header(info, command, date, elapsed_s, rows[0].get("device", "cpu") if rows else "cpu")
+    lines += ["", "| system | precision | compile | ms/step median (min) | first call s | process s | "
+              "CPU probe GFLOP/s | other load |", "|---|---|---|---:|---:|---:|---|---:|"]
+    for r in rows:
+        first = f"{r['first_call_ms'] / 1e3:.1f}" if "first_call_ms" in r else "-"
+        probe = "/".join(f"{g:.0f}" for g in r.get("probe_gflops") or [] if g is not None) or "-"
+        lines.append(f"| {r['system']} | {r['precision']} | {r['compile']} | {_cell_ms(r)} | {first} | "
+                     f"{r['wall_s']:.0f} | {probe} | {r.get('other_load_cores', float('nan')):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (append if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    new_file = "# Benchmark results\n\nEach section is written by the benchmark it names.\n"
+    text = path.read_text() if path.exists() else new_file
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ==== parent: subprocess per (system, model), with time and memory budgets ===========================
+def _tree_rss_bytes(proc) -> int:
+    import psutil
+
+    try:
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):  # e.g. torch.compile's worker processes
+            try:
+                total += child.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def _busy_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all processes)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def _own_cpu_s(proc, seen: dict) -> None:
+    """Record the CPU seconds of ``proc`` and its children (last value seen per pid)."""
+    import psutil
+
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            seen[p.pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+
+
+def wait_for_idle_cpu(max_wait_s: float, threshold_cores: float = 0.3) -> float:
+    """Wait (up to ``max_wait_s``) until other processes use < ``threshold_cores``; returns seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait_s:
+        busy0, t0 = _busy_cpu_s(), time.monotonic()
+        time.sleep(1.0)
+        if (_busy_cpu_s() - busy0) / (time.monotonic() - t0) < threshold_cores:
+            break
+    return time.monotonic() - start
+
+
+def run_one(opts: dict, timeout_s: float, max_mem_gib: float, wait_idle_s: float = 0.0) -> dict:
+    """Run a worker; returns its result dict, or ``{"skipped": reason, ...}``."""
+    import psutil
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(opts["threads"])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(opts)]
+    records: dict = {"steps_s": []}
+    if wait_idle_s > 0:
+        records["waited_for_idle_s"] = wait_for_idle_cpu(wait_idle_s)
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+
+        def read():
+            for line in proc.stdout:
+                if line.startswith(TAG):
+                    rec = json.loads(line[len(TAG):])
+                    event = rec.pop("event")
+                    if event == "step":
+                        records["steps_s"].append(rec["seconds"])
+                    elif event == "first_call":
+                        records["first_call_s"] = rec["seconds"]
+                    else:
+                        records.update(rec)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        ps = psutil.Process(proc.pid)
+        start, peak_tree, reason = time.monotonic(), 0, None
+        busy0, own = _busy_cpu_s(), {}
+        while proc.poll() is None:
+            peak_tree = max(peak_tree, _tree_rss_bytes(ps))
+            _own_cpu_s(ps, own)
+            if peak_tree > max_mem_gib * 2**30:
+                reason = f"skipped (> {max_mem_gib:.3g} GiB)"
+            elif time.monotonic() - start > timeout_s:
+                reason = f"skipped (> {timeout_s:.0f} s)"
+            if reason:
+                for child in ps.children(recursive=True):
+                    child.kill()
+                proc.kill()
+                break
+            time.sleep(0.1)
+        proc.wait()
+        reader.join(timeout=5)
+        records["wall_s"] = time.monotonic() - start
+        # CPU time other processes used meanwhile (all busy time minus this worker's): in cores.
+        other = _busy_cpu_s() - busy0 - sum(own.values())
+        records["other_load_cores"] = max(0.0, other / records["wall_s"])
+        records["sampled_peak_tree_rss_mib"] = peak_tree / 2**20
+        if reason:
+            records["skipped"] = reason
+        elif proc.returncode != 0 or "median_ms" not in records:
+            err.seek(0)
+            tail = err.read()[-2000:]
+            records["skipped"] = f"failed (exit {proc.returncode})"
+            records["error"] = tail
+            print(tail, file=sys.stderr)
+    return records
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small systems only (~2 min)")
+    parser.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
+    parser.add_argument("--sizes", help="comma-separated size classes: small, medium, large")
+    parser.add_argument("--models", default=",".join(MODELS), help="student,orb-v2 (default both)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:n]")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads for both models (default: all cores)")
+    parser.add_argument("--skin", type=float, default=1.0, help="student Verlet skin, Å")
+    parser.add_argument("--orb-precision", default="float32-high",
+                        help="pretrained.orb_v2 precision: float32-high (default, Orb's own) | "
+                             "float32-highest | float64")
+    parser.add_argument("--orb-compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile Orb-v2; auto = Orb's own default (on, except on MPS): "
+                             "fastest per step here too")
+    parser.add_argument("--time-budget", type=float, default=20.0,
+                        help="target seconds of timed steps per (system, model) (default 20)")
+    parser.add_argument("--min-steps", type=int, default=5)
+    parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--long-call", type=float, default=30.0,
+                        help="a first call longer than this (s) is kept as a timed step, no more warm-up")
+    parser.add_argument("--min-steps-long", type=int, default=2, help="timed steps for such long systems")
+    parser.add_argument("--timeout", type=float, default=480.0,
+                        help="per (system, model) wall-clock budget, s")
+    parser.add_argument("--max-mem-gib", type=float, default=None,
+                        help="per (system, model) RSS budget (default 85%% of RAM)")
+    parser.add_argument("--wait-idle", type=float, default=0.0,
+                        help="before each (system, model), wait up to this many seconds for other processes "
+                             "to leave the CPU idle (shared machines)")
+    parser.add_argument("--profile-system", default="water_81",
+                        help="also profile the student on this system with torch.profiler ('none' to skip)")
+    parser.add_argument("--orb-sweep", action="store_true",
+                        help="time Orb-v2 for each precision x compile setting on --systems "
+                             "(default water_81)")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                        help="write the section of RESULTS.md (default: only for a full default run)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--json", type=Path, help="also dump every raw record here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return 0
+
+    import psutil
+
+    max_mem = args.max_mem_gib or 0.85 * psutil.virtual_memory().total / 2**30
+    sizes = ("small",) if args.quick else tuple(args.sizes.split(",")) if args.sizes else DEFAULT_SIZES
+    if args.systems:
+        names = args.systems.split(",")
+        unknown = [n for n in names if n not in SYSTEMS]
+        if unknown:
+            parser.error(f"unknown system(s) {unknown}; known: {', '.join(SYSTEMS)}")
+    elif args.orb_sweep:
+        names = ["water_81"]
+    else:
+        names = [n for n, (_, size) in SYSTEMS.items() if size in sizes]
+    models = args.models.split(",")
+    if any(m not in MODELS for m in models):
+        parser.error(f"--models takes a subset of {MODELS}")
+    full_run = not (args.quick or args.systems or args.sizes or args.orb_sweep) and set(models) == set(MODELS)
+    write = full_run if args.write is None else args.write
+
+    tmpdir = tempfile.TemporaryDirectory(prefix="bench_speed_")
+    base = {
+        "device": args.device, "threads": args.threads, "skin": args.skin,
+        "orb_precision": args.orb_precision, "orb_compile": args.orb_compile,
+        "orb_weights": str(Path(tmpdir.name) / "orb_v2_random.pt"),
+        "time_budget_s": args.time_budget, "min_steps": args.min_steps, "max_steps": args.max_steps,
+        "long_call_s": args.long_call, "min_steps_long": args.min_steps_long, "profile_steps": 10,
+    }
+    command = "python benchmarks/bench_speed.py" + "".join(
+        f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    started = time.monotonic()
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    if args.orb_sweep:
+        rows = []
+        for name in names:
+            for precision in ("float32-high", "float32-highest"):
+                for compile_ in ("off", "on"):
+                    opts = dict(base, system=name, model="orb-v2", orb_precision=precision,
+                                orb_compile=compile_)
+                    print(f"[orb sweep] {name} precision={precision} compile={compile_} ...", flush=True)
+                    rec = run_one(opts, args.timeout, max_mem, args.wait_idle)
+                    rec.update(system=name, precision=precision, compile=compile_)
+                    print(f"    -> {rec.get('skipped') or '%.1f ms/step' % rec['median_ms']}"
+                          f"  (first call {rec.get('first_call_ms', float('nan')) / 1e3:.1f} s,"
+                          f" process {_fmt_s(rec['wall_s'])})", flush=True)
+                    rows.append(rec)
+        body = orb_settings_markdown(rows, machine_info(rows), command, date, time.monotonic() - started)
+        print("\n" + body)
+        if args.write:
+            write_section(args.results, "bench_speed_orb_settings", body)
+            print(f"wrote section 'bench_speed_orb_settings' of {args.results}")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
+
+    results = []
+    for name in names:
+        atoms = build(name)
+        row = {"system": name, "atoms": len(atoms), "pbc": "".join("T" if p else "F" for p in atoms.pbc)}
+        for model in models:
+            opts = dict(base, system=name, model=model,
+                        profile=(model == "student" and name == args.profile_system))
+            print(f"[{name}: {len(atoms)} atoms] {model} ...", end=" ", flush=True)
+            rec = run_one(opts, args.timeout, max_mem, args.wait_idle)
+            row[model] = rec
+            if "skipped" in rec:
+                print(rec["skipped"], flush=True)
+            else:
+                print(f"{rec['median_ms']:.1f} ms/step (median of {len(rec['times_s'])}), "
+                      f"peak RSS {rec['peak_rss_mib']:.0f} MiB, process {_fmt_s(rec['wall_s'])}", flush=True)
+        results.append(row)
+
+    elapsed = time.monotonic() - started
+    records = [r[m] for r in results for m in models if m in r]
+    body = results_markdown(results, models, machine_info(records), command, date, elapsed, base, args)
+    print("\n" + body)
+    print(f"total {elapsed / 60:.1f} min")
+    if write:
+        write_section(args.results, "bench_speed", body)
+        print(f"wrote section 'bench_speed' of {args.results}")
+    if args.json:
+        args.json.write_text(json.dumps({"command": command, "date": date, "elapsed_s": elapsed,
+                                         "platform": platform.platform(), "results": results}, indent=1))
+    tmpdir.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
