@@ -1,0 +1,312 @@
+"""``distill``: seed structures + a teacher -> a trained, evaluated, MD-checked student in RUN_DIR.
+
+Resumability (``RUN_DIR/state.json``, see :mod:`.state`). Every stage has a *key*, the hash of the
+settings that define its outputs plus the digests of the stages it depends on, and a *digest*, the key
+plus settings it can continue with in place (only the training budget: ``run.max_time``, ``run.epochs``,
+``run.patience``). On every call, stage by stage:
+
+* recorded ``done`` with the same digest and its outputs present: skipped;
+* recorded with the same key (killed mid-way, or only the budget changed): run again in place, which
+  resumes: labelling skips committed frames, training continues from ``train/last.pt``; sampling, the
+  evaluation and the MD check start over (they are minutes at most and write their outputs atomically);
+* a different key (a changed setting, teacher or seed structure, or a re-run stage it depends on): the
+  stage's old outputs are moved to ``RUN_DIR/superseded/<time>/`` (sampled frames, teacher labels and
+  training runs are never deleted; the cheap evaluation report and MD check are simply redone) and the
+  stage runs from scratch.
+
+Changes propagate along dependencies only: a new held-out frame count re-samples, re-labels and
+re-evaluates the held-out set but keeps the trained student; a new sampling temperature redoes everything
+downstream of it. Settings that cannot change a result (device, threads, commit batch sizes, quiet) are
+not hashed. A stage whose finished outputs were removed by hand is re-run, and so is everything downstream
+of a stage that re-ran.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .recipe import dump_recipe, load_recipe, read_yaml
+from .stages import STAGES, Context
+from .state import RunState, atomic_write_text, digest
+
+
+@dataclass
+class DistillResult:
+    """What a distill call produced. ``summary``: the numbers printed at the end (also summary.json)."""
+
+    run_dir: Path
+    checkpoint: Path  # RUN_DIR/student.pt
+    report: Path  # RUN_DIR/report/report.md
+    summary: dict[str, Any]
+    ran: list[str] = field(default_factory=list)  # stages run in this call
+    skipped: list[str] = field(default_factory=list)  # stages already done
+
+
+def resolve_recipe(run_dir: Path, preset: str | None, recipe: str | Path | None,
+                   overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe of a run: ``preset`` (default: RUN_DIR/recipe.yaml of an earlier call, else
+    ``standard``) <- the ``recipe`` file <- dotted ``overrides``."""
+    previous = run_dir / "recipe.yaml"
+    if preset is None and previous.is_file():
+        return load_recipe(path=recipe, overrides=overrides, base=read_yaml(previous))
+    return load_recipe(preset or "standard", recipe, overrides)
+
+
+def read_seeds(structures: Sequence[str | os.PathLike | Any]) -> list:
+    """Seed structures from files (every frame) or ``ase.Atoms``: ``[(source, Atoms)]``."""
+    from ase import Atoms
+
+    from ..data.sampling import _check_structure, read_structures
+
+    seeds = []
+    for k, item in enumerate(structures):
+        if isinstance(item, Atoms):
+            _check_structure(item, f"structure {k}")
+            seeds.append((f"<Atoms {k}: {item.get_chemical_formula()}>", item.copy()))
+        else:
+            seeds.extend(read_structures([item]))
+    if not seeds:
+        raise ValueError("no seed structures given (--structures)")
+    return seeds
+
+
+def distill(
+    teacher: str,
+    structures: Sequence[str | os.PathLike | Any],
+    out: str | os.PathLike,
+    *,
+    teacher_options: dict[str, Any] | None = None,
+    preset: str | None = None,
+    recipe: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    max_time: float | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> DistillResult:
+    """Sample, label, train, evaluate and MD-check a student of ``teacher`` for ``structures`` in ``out``.
+
+    Args:
+        teacher: teacher name (``orb-v2``, ``gfn2-xtb``, ``sevennet-0``, ``emt``, ``pkg.mod:callable``).
+        structures: seed structure files (every frame is a seed) and/or ``ase.Atoms``.
+        out: the run directory (created; an existing one is resumed, see the module docstring).
+        teacher_options: teacher options (``{"weights": "orb.ckpt"}``).
+        preset: ``quick`` or ``standard``; default: the run's own ``recipe.yaml``, else ``standard``.
+        recipe: a YAML file merged over the preset.
+        overrides: ``{"training.run.max_time": 600, ...}`` applied last.
+        max_time: training budget in seconds (= ``training.run.max_time``).
+        device: ``auto`` | ``cpu`` | ``cuda[:n]`` for training, evaluation and MD (not hashed).
+        quiet: no progress bars or stage lines (the final summary is still returned).
+    """
+    from ..data.labelling import fingerprint
+    from ..teachers import TEACHERS
+
+    t_start = time.monotonic()
+    run_dir = Path(out)
+    overrides = dict(overrides or {})
+    if max_time is not None:
+        overrides["training.run.max_time"] = float(max_time)
+    # Everything that can be wrong with the inputs is checked before the first expensive step.
+    config = resolve_recipe(run_dir, preset, recipe, overrides)
+    seeds = read_seeds(structures)
+    options = dict(teacher_options or {})
+    if teacher.lower() not in TEACHERS and ":" not in teacher:  # options are checked when it is built
+        raise ValueError(f"unknown teacher {teacher!r}; choose one of {sorted(TEACHERS)} "
+                         "or give package.module:callable")
+
+    state = RunState.open(run_dir)
+    try:
+        _write_seeds(run_dir / "seeds.extxyz", seeds)
+        atomic_write_text(run_dir / "recipe.yaml", _recipe_header(teacher, options) + dump_recipe(config))
+        ctx = Context(run_dir, config, teacher, options, seeds, fingerprint([a for _, a in seeds]),
+                      device=device, quiet=quiet)
+        ran, skipped = _run_stages(ctx, state)
+        summary = make_summary(ctx, state, time.monotonic() - t_start)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    finally:
+        state.close()
+    return DistillResult(run_dir, run_dir / "student.pt", run_dir / "report" / "report.md", summary, ran,
+                         skipped)
+
+
+def _run_stages(ctx: Context, state: RunState) -> tuple[list[str], list[str]]:
+    digests: dict[str, str] = {}
+    ran, skipped = [], []
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for number, stage in enumerate(STAGES, 1):
+        key = digest({"stage": stage.name, "settings": stage.key(ctx),
+                      "deps": {d: digests[d] for d in stage.deps}})
+        stage_digest = digest({"key": key, "continue": stage.continuable(ctx)})
+        digests[stage.name] = stage_digest
+        rec = state.stages.get(stage.name)
+        head = f"[{number}/{len(STAGES)}] {stage.name}: {stage.title}"
+        missing = [rel for rel in stage.outputs  # a journal exists only while labels wait to be folded in
+                   if not rel.endswith(".journal") and not (ctx.run_dir / rel).exists()]
+        # An input re-made in this call (same settings, e.g. its file was removed) makes outputs built on the
+        # old one stale even though no hash changed.
+        forced = [d for d in stage.deps if d in ran]
+        if (rec and rec.get("status") == "done" and rec.get("digest") == stage_digest and not missing
+                and not forced):
+            ctx.log(f"{head}: done ({_since(rec)}), skipped")
+            skipped.append(stage.name)
+            continue
+        if rec and (rec.get("key") != key or forced):
+            moved = _supersede(ctx.run_dir, stage.outputs, stamp if stage.keep_old else None)
+            why = "settings or inputs changed since the last run" if rec.get("key") != key else \
+                f"{', '.join(forced)} was re-run"
+            ctx.log(f"{head}: {why}; re-running" + (f" (old outputs moved to {moved})" if moved else ""))
+        elif rec and rec.get("status") == "done" and missing:
+            ctx.log(f"{head}: {', '.join(missing)} missing (removed by hand?); re-running")
+        elif rec and rec.get("status") == "done":
+            ctx.log(f"{head}: budget changed; continuing in place")
+        elif rec:
+            ctx.log(f"{head}: interrupted earlier; resuming")
+        else:
+            ctx.log(f"{head}")
+        state.start(stage.name, key, stage_digest)
+        info = stage.run(ctx)
+        state.finish(stage.name, info)
+        ran.append(stage.name)
+    return ran, skipped
+
+
+def _since(rec: dict) -> str:
+    return f"finished {rec.get('finished', '?')[:19].replace('T', ' ')} UTC"
+
+
+def _supersede(run_dir: Path, outputs: Sequence[str], stamp: str | None) -> str | None:
+    """Move a stage's outputs to ``RUN_DIR/superseded/<stamp>/`` (teacher work is never deleted), or
+    delete them when ``stamp`` is None (cheap stages: the evaluation and the MD check)."""
+    dest_root = run_dir / "superseded" / (stamp or "")
+    moved = False
+    for rel in outputs:
+        src = run_dir / rel
+        if not src.exists():
+            continue
+        if stamp is None:
+            shutil.rmtree(src) if src.is_dir() else src.unlink()
+            continue
+        dest = dest_root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)  # same file system: atomic, and labels are never copied half-way
+        moved = True
+    return str(dest_root.relative_to(run_dir)) if moved else None
+
+
+def _write_seeds(path: Path, seeds: list) -> None:
+    from ase.io import write
+
+    buf = io.StringIO()
+    for source, atoms in seeds:
+        frame = atoms.copy()
+        frame.calc = None
+        frame.info = {**{k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float))},
+                      "source": source}
+        write(buf, frame, format="extxyz")
+    if not path.exists() or path.read_text() != buf.getvalue():
+        atomic_write_text(path, buf.getvalue())
+
+
+def _recipe_header(teacher: str, options: dict[str, Any]) -> str:
+    opts = " ".join(f"--teacher-option {k}={v}" for k, v in sorted(options.items()))
+    return (f"# mlff-calc distill recipe: every setting this run used (teacher: {teacher}"
+            f"{' ' + opts if opts else ''}).\n# Feed it back with --recipe; a re-run without --preset "
+            f"or --recipe uses it as its base.\n")
+
+
+# ---- summary ----------------------------------------------------------------------------------------------
+def _metric(metrics: dict, *names: str) -> float | None:
+    """The first of ``names`` present in ``metrics`` (searched one level deep too)."""
+    for name in names:
+        if metrics.get(name) is not None:
+            return metrics[name]
+    for value in metrics.values():
+        if isinstance(value, dict):
+            found = _metric(value, *names)
+            if found is not None:
+                return found
+    return None
+
+
+def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]:
+    """The headline numbers of the run, from the stage records."""
+    info = {name: rec.get("info", {}) for name, rec in state.stages.items()}
+    m = info.get("evaluate", {}).get("metrics", {})
+    md_runs = info.get("md", {}).get("runs", [])
+    drifts = {}
+    for dtype in ctx.recipe["md"]["dtypes"]:
+        rows = [r for r in md_runs if r["dtype"] == dtype]
+        if rows:
+            worst = max(rows, key=lambda r: abs(r.get("drift_mev_per_atom_ps") or float("inf")))
+            drifts[dtype] = {"stable": all(r["stable"] for r in rows), "structures": len(rows),
+                             "worst_drift_mev_per_atom_ps": worst.get("drift_mev_per_atom_ps"),
+                             "worst_structure": worst["formula"],
+                             "max_deviation_mev_per_atom": max((r.get("max_deviation_mev_per_atom") or 0.0)
+                                                               for r in rows)}
+    return {
+        "run_dir": str(ctx.run_dir),
+        "teacher": ctx.teacher_spec(),
+        "seed_structures": [a.get_chemical_formula() for _, a in ctx.seeds],
+        "frames": {"train": info.get("label", {}).get("labelled"), "heldout": info.get("label_heldout", {})
+                   .get("labelled")},
+        "training": {k: info.get("train", {}).get(k) for k in ("epochs", "stop_reason", "train_time_s")},
+        "heldout_frames_compared": _metric(m, "n_frames", "frames"),
+        "force_mae_ev_per_ang": _metric(m, "force_mae_ev_per_ang", "force_mae"),
+        "force_rmse_ev_per_ang": _metric(m, "force_rmse_ev_per_ang", "force_rmse"),
+        "force_cosine": _metric(m, "force_cosine_mean", "force_cosine"),
+        "energy_mae_ev_per_atom": _metric(m, "energy_mae_ev_per_atom", "energy_mae_per_atom"),
+        "student_ms_per_step": _metric(m, "student_ms_per_step", "student_ms_per_call", "student_ms"),
+        "teacher_ms_per_step": _metric(m, "teacher_ms_per_step", "teacher_ms_per_call", "teacher_ms"),
+        "speed_ratio": _metric(m, "speed_ratio", "speedup"),
+        "nve": drifts,
+        "md_steps": ctx.recipe["md"]["steps"],
+        "md_timestep_fs": ctx.recipe["md"]["timestep"],
+        "checkpoint": str(ctx.path("student.pt")),
+        "report": str(ctx.path("report/report.md")),
+        "wall_s": wall_s,  # this call
+        "stage_seconds": {name: rec.get("seconds") for name, rec in state.stages.items()},  # last run of each
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary as the lines ``mlff-calc distill`` prints."""
+    def num(value, fmt, unit="", factor=1.0):
+        return "n/a" if value is None else f"{factor * value:{fmt}}{unit}"
+
+    total = sum(t or 0.0 for t in s["stage_seconds"].values())
+    lines = [f"distill summary: {s['run_dir']} (stages {total / 60:.1f} min; this call "
+             f"{s['wall_s'] / 60:.1f} min)",
+             f"  teacher               {s['teacher']['name']}; seeds: {', '.join(s['seed_structures'])}",
+             f"  frames                {s['frames']['train']} training, {s['frames']['heldout']} held-out "
+             f"(independent trajectories)",
+             f"  training              {s['training']['epochs']} epochs, "
+             f"{num(s['training']['train_time_s'], '.0f', ' s')} ({s['training']['stop_reason']})",
+             f"  force MAE vs teacher  {num(s['force_mae_ev_per_ang'], '.4f', ' eV/Å')} on "
+             f"{s['heldout_frames_compared'] or s['frames']['heldout']} held-out frames "
+             f"(RMSE {num(s['force_rmse_ev_per_ang'], '.4f')}, cosine {num(s['force_cosine'], '.4f')})",
+             f"  energy MAE            {num(s['energy_mae_ev_per_atom'], '.2f', ' meV/atom', 1e3)}",
+             f"  speed                 student {num(s['student_ms_per_step'], '.2f', ' ms')}, teacher "
+             f"{num(s['teacher_ms_per_step'], '.2f', ' ms')} per force call: speed ratio (teacher/student) "
+             f"{num(s['speed_ratio'], '.2f', 'x')}"]
+    for dtype, d in s["nve"].items():
+        state = "stable" if d["stable"] else "UNSTABLE"
+        lines.append(f"  NVE {dtype:<8}          {state}, {s['md_steps']} steps x {s['md_timestep_fs']:g} fs "
+                     f"on {d['structures']} structure(s); worst drift "
+                     f"{num(d['worst_drift_mev_per_atom_ps'], '+.3f', ' meV/atom/ps')} "
+                     f"({d['worst_structure']}), "
+                     f"max |ΔE| {num(d['max_deviation_mev_per_atom'], '.3f', ' meV/atom')}")
+    lines += [f"  student               {s['checkpoint']}",
+              f"  report                {s['report']}"]
+    return "\n".join(lines)
+
+
+def print_summary(result: DistillResult, file=None) -> None:
+    print(format_summary(result.summary), file=file or sys.stdout, flush=True)

@@ -1,0 +1,366 @@
+"""The distill stages: sample -> heldout -> label -> label_heldout -> train -> evaluate -> md.
+
+Each stage is a :class:`Stage`: the settings it hashes, the stages it depends on, the paths it owns
+(relative to RUN_DIR) and a ``run(ctx) -> info`` function whose ``info`` goes into ``state.json``.
+Outputs of every stage (paths below RUN_DIR)::
+
+    seeds.extxyz                    the seed structures (written by distill, input of sampling and MD)
+    frames/train.extxyz             sample: teacher MD frames (unlabelled)
+    frames/heldout.extxyz           heldout: frames of independent trajectories (other random seed)
+    data/train.h5, data/heldout.h5  label, label_heldout: teacher labels (crash-safe, resumable)
+    train/                          train: `mlff-calc train` run dir (last.pt, metrics, curve)
+    student.pt                      train: copy of train/student.pt (the best EMA weights)
+    report/                         evaluate: report.md, figures, metrics.json (mlff_calc.evaluation)
+    md/                             md: md.json and one .traj/.log per seed structure and dtype
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .state import atomic_write_text
+
+
+@dataclass
+class Context:
+    """What every stage may read: the run directory, the recipe, the teacher, the seeds, run options."""
+
+    run_dir: Path
+    recipe: dict[str, Any]
+    teacher: str
+    teacher_options: dict[str, Any]
+    seeds: list  # [(source, Atoms)]
+    seeds_sha256: str
+    device: str = "auto"
+    quiet: bool = False
+    _teacher: Any = None
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def path(self, relative: str) -> Path:
+        return self.run_dir / relative
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def teacher_calc(self):
+        """The teacher calculator, built once per call (Orb-v2 takes seconds to load)."""
+        if self._teacher is None:
+            from ..teachers import load_teacher
+
+            self._teacher = load_teacher(self.teacher, **self.teacher_options)
+        return self._teacher
+
+    def teacher_spec(self) -> dict[str, Any]:
+        from ..teachers import teacher_spec
+
+        return teacher_spec(self.teacher, self.teacher_options)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``key(ctx)``: settings that define the outputs; ``continuable(ctx)``: settings the stage can take
+    up in place from its existing outputs (hashed into the digest only); ``deps``: stages whose digests
+    enter the key; ``outputs``: what is moved aside (or, for cheap stages, deleted) when the key changes."""
+
+    name: str
+    title: str
+    deps: tuple[str, ...]
+    outputs: tuple[str, ...]
+    key: Callable[[Context], dict]
+    run: Callable[[Context], dict]
+    continuable: Callable[[Context], dict] = lambda ctx: {}
+    keep_old: bool = True  # move superseded outputs aside (teacher work, training); False: just delete
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------
+def _sampling_config(ctx: Context, heldout: bool):
+    from ..data.sampling import SamplingConfig
+
+    values = dict(ctx.recipe["sampling"])
+    if heldout:
+        h = ctx.recipe["heldout"]
+        values.update(frames=h["frames"], seed=h["seed"])
+        if h["temperatures"] is not None:
+            values["temperatures"] = h["temperatures"]
+    values["temperatures"] = tuple(values["temperatures"])
+    return SamplingConfig(**values)
+
+
+def _sample(ctx: Context, heldout: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    from ..data.sampling import sample_structures, write_frames
+
+    config = _sampling_config(ctx, heldout)
+    out = ctx.path("frames/heldout.extxyz" if heldout else "frames/train.extxyz")
+    requested = sum(n for _, atoms in ctx.seeds for *_, n in config.plan(atoms))
+    calc = ctx.teacher_calc()
+    counts: dict[str, int] = {}
+    with tqdm(total=requested, unit="frame", desc="heldout" if heldout else "sample",
+              disable=not ctx.progress, dynamic_ncols=True) as bar:
+        def on_frame(frame) -> None:
+            counts[frame.info["mode"]] = counts.get(frame.info["mode"], 0) + 1
+            bar.update(1)
+
+        # write_frames renames a complete file into place: a killed stage leaves no truncated output.
+        written = write_frames(out, sample_structures(ctx.seeds, calc, config, on_frame=on_frame))
+    if written == 0:
+        raise RuntimeError(f"sampling produced no frames (every MD trajectory blew up at once; see the "
+                           f"warnings above): check the seed structures and the teacher {ctx.teacher!r}")
+    return {"frames": written, "requested": requested, "modes": counts,
+            "file": str(out.relative_to(ctx.run_dir))}
+
+
+def _sample_key(ctx: Context, heldout: bool) -> dict:
+    import dataclasses
+
+    return {"teacher": ctx.teacher_spec(), "seeds": ctx.seeds_sha256,
+            "sampling": dataclasses.asdict(_sampling_config(ctx, heldout))}
+
+
+# ---- labelling --------------------------------------------------------------------------------------------
+def _label(ctx: Context, name: str) -> dict:
+    from ..data.labelling import label_file
+
+    lab = ctx.recipe["labelling"]
+    report = label_file(ctx.path(f"frames/{name}.extxyz"), ctx.path(f"data/{name}.h5"), ctx.teacher,
+                        ctx.teacher_options, batch_size=lab["batch_size"],
+                        commit_interval=lab["commit_interval"], progress=ctx.progress)
+    if report.done == 0:
+        reasons = sorted(set(report.failed_total.values()))[:3]
+        raise RuntimeError(f"the teacher failed on every frame of frames/{name}.extxyz: {'; '.join(reasons)}")
+    if report.failed_total:
+        ctx.log(f"  {len(report.failed_total)} of {report.shard_frames} frames failed in the teacher and are "
+                f"skipped (reasons in data/{name}.h5 /failures)")
+    return {"labelled": report.done, "labelled_now": report.labelled_now, "failed": len(report.failed_total),
+            "frames": report.shard_frames, "file": f"data/{name}.h5"}
+
+
+def _label_key(ctx: Context) -> dict:
+    # batch_size / commit_interval change how often labels are committed, never the labels.
+    return {"teacher": ctx.teacher_spec()}
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+# Training settings that change nothing about the result (where and how it runs) are not hashed; the
+# time/epoch budget changes the result but a finished or killed run continues with a new budget in place.
+_TRAIN_UNHASHED = {"run": ("device", "num_threads", "quiet")}
+_TRAIN_CONTINUABLE = {"run": ("epochs", "max_time", "patience")}
+
+
+def _train_sections(ctx: Context, picked: dict[str, tuple[str, ...]], keep: bool) -> dict:
+    out = {}
+    for section, values in ctx.recipe["training"].items():
+        names = picked.get(section, ())
+        out[section] = {k: v for k, v in values.items() if (k in names) == keep}
+    return out
+
+
+def _train_key(ctx: Context) -> dict:
+    skip = {s: _TRAIN_UNHASHED.get(s, ()) + _TRAIN_CONTINUABLE.get(s, ()) for s in ctx.recipe["training"]}
+    return _train_sections(ctx, skip, keep=False)
+
+
+def _train_continuable(ctx: Context) -> dict:
+    return _train_sections(ctx, _TRAIN_CONTINUABLE, keep=True)
+
+
+def _train(ctx: Context) -> dict:
+    from ..training import train
+    from ..training.config import config_from_dict
+
+    raw = json.loads(json.dumps(ctx.recipe["training"]))  # a deep copy of plain data
+    raw["data"]["path"] = str(ctx.path("data/train.h5"))
+    raw["run"]["out"] = str(ctx.path("train"))
+    if ctx.device != "auto":
+        raw["run"]["device"] = ctx.device
+    raw["run"]["quiet"] = raw["run"]["quiet"] or ctx.quiet
+    result = train(config_from_dict(raw))
+    _atomic_copy(result.checkpoint, ctx.path("student.pt"))
+    return {"epochs": result.epochs, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
+            "train_time_s": result.train_time, "validation": result.val_metrics, "test": result.test_metrics,
+            "checkpoint": "student.pt"}
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp.{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+@contextlib.contextmanager
+def _torch_threads(ctx: Context):
+    """``training.run.num_threads`` for the student's evaluation and MD too, restored afterwards: on a
+    small CPU a small student is fastest on one thread, and several threads stall under contention."""
+    import torch
+
+    n, before = ctx.recipe["training"]["run"]["num_threads"], torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+def _evaluate_key(ctx: Context) -> dict:
+    return {"teacher": ctx.teacher_spec(), "evaluation": ctx.recipe["evaluation"],
+            "md": {k: ctx.recipe["md"][k] for k in ("timestep", "temperature")}}
+
+
+def _evaluate(ctx: Context) -> dict:
+    from ase.io import write
+
+    from ..evaluation import compare
+
+    ev, md = ctx.recipe["evaluation"], ctx.recipe["md"]
+    report = ctx.path("report")
+    md_structure = None
+    if ev["nve_steps"] > 0:  # compare's own NVE starts from the first seed the md stage checks
+        first = md["structures"][0] if md["structures"] is not None else 0
+        report.mkdir(parents=True, exist_ok=True)
+        md_structure = report / "nve_start.extxyz"
+        write(md_structure, ctx.seeds[first][1], format="extxyz")
+    with _torch_threads(ctx):
+        metrics = compare(  # by name, so the report names the teacher (a calculator would be "TBLite")
+            str(ctx.path("student.pt")), ctx.teacher, teacher_options=dict(ctx.teacher_options),
+            data=str(ctx.path("data/heldout.h5")), out=str(report), max_frames=ev["max_frames"],
+            nve_steps=ev["nve_steps"], timestep=md["timestep"], temperature=md["temperature"],
+            teacher_md=ev["teacher_md"], md_structure=md_structure, device=ctx.device, progress=ctx.progress,
+        )
+    keep = ("errors", "speed", "nve", "rdf")  # headline numbers; the rest stays in report/metrics.json
+    return {"metrics": _plain({k: metrics.get(k) for k in keep}), "report": "report/report.md"}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy scalars and arrays to Python; NaN kept as None)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# ---- MD stability check -----------------------------------------------------------------------------------
+def _md_key(ctx: Context) -> dict:
+    return {"md": ctx.recipe["md"], "seeds": ctx.seeds_sha256}
+
+
+def _md(ctx: Context) -> dict:
+    """Student NVE from each chosen seed structure in each dtype; a blow-up is a result, not an error."""
+    with _torch_threads(ctx):
+        return _md_runs(ctx)
+
+
+def _md_runs(ctx: Context) -> dict:
+    from ..calculator import StudentCalculator
+    from ..md import MDBlowUp, run_md
+
+    md = ctx.recipe["md"]
+    indices = md["structures"] if md["structures"] is not None else range(len(ctx.seeds))
+    out_dir = ctx.path("md")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i in indices:
+        if i >= len(ctx.seeds):
+            raise ValueError(f"recipe md.structures: index {i}, but there are only {len(ctx.seeds)} seed "
+                             "structures")
+        source, atoms = ctx.seeds[i]
+        for dtype in md["dtypes"]:
+            calc = StudentCalculator.from_checkpoint(ctx.path("student.pt"), device=ctx.device, dtype=dtype)
+            name = f"{i:02d}_{atoms.get_chemical_formula()}_{dtype}"
+            row = {"structure": i, "source": source, "formula": atoms.get_chemical_formula(),
+                   "n_atoms": len(atoms), "dtype": dtype, "steps": md["steps"], "timestep_fs": md["timestep"],
+                   "temperature_k": md["temperature"], "traj": f"md/{name}.traj"}
+            t0 = time.perf_counter()
+            try:
+                res = run_md(atoms.copy(), calc, ensemble="nve", temperature=md["temperature"],
+                             timestep=md["timestep"], steps=md["steps"], traj=out_dir / f"{name}.traj",
+                             log=out_dir / f"{name}.log", interval=10, seed=md["seed"], progress=ctx.progress)
+                row.update(stable=True, steps_done=res.steps_done,
+                           drift_mev_per_atom_ps=res.drift_mev_per_atom_ps,
+                           max_deviation_mev_per_atom=res.max_deviation_mev_per_atom,
+                           mean_temperature_k=float(res.temperatures.mean()), ns_per_day=res.ns_per_day)
+            except MDBlowUp as exc:
+                row.update(stable=False, steps_done=exc.step, error=str(exc))
+            row["wall_s"] = time.perf_counter() - t0
+            runs.append(_plain(row))
+            drift = row.get("drift_mev_per_atom_ps")
+            verdict = (f"stable, drift {drift:+.3f} meV/atom/ps" if row["stable"]
+                       else f"UNSTABLE: {row['error']}")
+            ctx.log(f"  NVE {row['formula']} ({dtype}): {verdict}")
+    info = {"runs": runs, "stable": all(r["stable"] for r in runs)}
+    atomic_write_text(out_dir / "md.json", json.dumps(info, indent=1) + "\n")
+    _append_to_report(ctx.path("report/report.md"), runs)
+    return info
+
+
+REPORT_MARKER = "<!-- mlff-calc distill: md check -->"
+
+
+def _append_to_report(report: Path, runs: list[dict]) -> None:
+    """Add (or replace) the MD-check table at the end of the evaluation's report.md."""
+    if not report.is_file():
+        return
+    text = report.read_text(encoding="utf-8").split(REPORT_MARKER)[0].rstrip() + "\n"
+    lines = ["", REPORT_MARKER, "## MD stability check (`mlff-calc distill`)", "",
+             "Student NVE (velocity Verlet, Maxwell-Boltzmann start) from each seed structure; drift is the "
+             "slope of a line fitted to the total energy per atom.", "",
+             "| structure | atoms | dtype | steps x fs | stable | drift (meV/atom/ps) "
+             "| max abs dE (meV/atom) | mean T (K) |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        def f(key, fmt):
+            return "n/a" if r.get(key) is None else format(r[key], fmt)
+
+        stable = "yes" if r["stable"] else "NO: " + r.get("error", "")
+        lines.append(f"| {r['formula']} | {r['n_atoms']} | {r['dtype']} "
+                     f"| {r['steps']} x {r['timestep_fs']:g} "
+                     f"| {stable} | {f('drift_mev_per_atom_ps', '+.4f')} "
+                     f"| {f('max_deviation_mev_per_atom', '.4f')} "
+                     f"| {f('mean_temperature_k', '.0f')} |")
+    atomic_write_text(report, text + "\n".join(lines) + "\n")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("sample", "sample training frames (teacher MD)", (), ("frames/train.extxyz",),
+          key=lambda ctx: _sample_key(ctx, heldout=False), run=lambda ctx: _sample(ctx, heldout=False)),
+    Stage("heldout", "sample held-out frames (independent trajectories)", (), ("frames/heldout.extxyz",),
+          key=lambda ctx: _sample_key(ctx, heldout=True), run=lambda ctx: _sample(ctx, heldout=True)),
+    Stage("label", "label training frames", ("sample",), ("data/train.h5", "data/train.h5.journal"),
+          key=_label_key, run=lambda ctx: _label(ctx, "train")),
+    Stage("label_heldout", "label held-out frames", ("heldout",),
+          ("data/heldout.h5", "data/heldout.h5.journal"), key=_label_key,
+          run=lambda ctx: _label(ctx, "heldout")),
+    Stage("train", "train the student", ("label",), ("train", "student.pt"), key=_train_key, run=_train,
+          continuable=_train_continuable),
+    Stage("evaluate", "compare student and teacher on held-out frames", ("train", "label_heldout"),
+          ("report",), key=_evaluate_key, run=_evaluate, keep_old=False),
+    # After evaluate: it appends its table to the report, so a re-written report gets it again.
+    Stage("md", "student NVE stability check", ("train", "evaluate"), ("md",), key=_md_key, run=_md,
+          keep_old=False),
+)
