@@ -104,29 +104,18 @@ class StudentCalculator(Calculator):
             K.BATCH: torch.as_tensor(np.repeat(np.arange(len(images)), [len(a) for a in images])),
         }
         data = self.model.prepare(data)
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in images])])
         distances = torch.linalg.vector_norm(edge_vectors(data), dim=-1)
         for b, atoms in enumerate(images):  # the same overlap check as one-by-one evaluation
             mine = data[K.BATCH][data[K.EDGE_INDEX][0]] == b
-            offset = int(np.sum([len(a) for a in images[:b]]))
             self.converter.check_overlap(
-                atoms, data[K.EDGE_INDEX][:, mine] - offset, data[K.CELL_SHIFTS][mine], distances[mine]
+                atoms, data[K.EDGE_INDEX][:, mine] - int(offsets[b]), data[K.CELL_SHIFTS][mine], distances[mine]
             )
-        out = self.model(data, compute_forces=True, compute_stress=want_stress)
-        out = {k: v.detach().cpu().to(torch.float64).numpy() for k, v in out.items()}
-        results, offset = [], 0
-        for b, atoms in enumerate(images):
-            n = len(atoms)
-            r = {
-                "energy": float(out[K.ENERGY][b]),
-                "free_energy": float(out[K.ENERGY][b]),
-                "energies": out[K.ENERGIES][offset : offset + n],
-                "forces": out[K.FORCES][offset : offset + n],
-            }
-            if want_stress and atoms.pbc.all():
-                r["stress"] = full_3x3_to_voigt_6_stress(out[K.STRESS][b])
-            results.append(r)
-            offset += n
-        return results
+        out = _to_numpy(self.model(data, compute_forces=True, compute_stress=want_stress))
+        return [
+            _results(out, b, offsets[b], offsets[b + 1], want_stress and atoms.pbc.all())
+            for b, atoms in enumerate(images)
+        ]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -137,20 +126,23 @@ class StudentCalculator(Calculator):
                 f"stress needs a fully periodic cell; this structure has pbc={atoms.pbc.tolist()}"
             )
         data = self.converter(atoms)
-        out = self.model(data, compute_forces=True, compute_stress=want_stress)
+        out = _to_numpy(self.model(data, compute_forces=True, compute_stress=want_stress))
+        self.results = _results(out, 0, 0, len(atoms), want_stress)
 
-        energy = float(out[K.ENERGY][0].detach())
-        forces = out[K.FORCES].detach().cpu().to(torch.float64).numpy()
-        if not (np.isfinite(energy) and np.isfinite(forces).all()):
-            raise RuntimeError(
-                "the student returned a non-finite energy or forces; please report this with the structure"
-            )
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "energies": out[K.ENERGIES].detach().cpu().to(torch.float64).numpy(),
-            "forces": forces,
-        }
-        if want_stress:
-            stress = out[K.STRESS][0].detach().cpu().to(torch.float64).numpy()
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+def _to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().to(torch.float64).numpy() for k, v in out.items()}
+
+
+def _results(out: dict[str, np.ndarray], b: int, start: int, stop: int, stress: bool) -> dict:
+    """ASE ``results`` of structure ``b`` (atoms ``start:stop``) of a model output; refuses non-finite values."""
+    energy = float(out[K.ENERGY][b])
+    forces = out[K.FORCES][start:stop]
+    if not (np.isfinite(energy) and np.isfinite(forces).all()):
+        raise RuntimeError(
+            "the student returned a non-finite energy or forces; please report this with the structure"
+        )
+    results = {"energy": energy, "free_energy": energy, "energies": out[K.ENERGIES][start:stop], "forces": forces}
+    if stress:
+        results["stress"] = full_3x3_to_voigt_6_stress(out[K.STRESS][b])
+    return results

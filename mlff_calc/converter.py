@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from . import _keys as K
-from .neighbors import check_cell, neighbor_list, reverse_edges
+from .neighbors import check_cell, edge_vectors, neighbor_list, reverse_edges
 from .utils import element_list
 
 MIN_DISTANCE = 0.1  # Å; closer atoms are refused as overlapping
@@ -118,9 +118,8 @@ class AtomsConverter:
             K.BATCH: torch.zeros(len(atoms), dtype=torch.long, device=self.device),
         }
         edge_index, shifts = c["edge_index"], c["shifts"]
-        i, j = edge_index
         with torch.no_grad():
-            vectors = data[K.POSITIONS][j] - data[K.POSITIONS][i] + shifts @ data[K.CELL][0]
+            vectors = edge_vectors({**data, K.EDGE_INDEX: edge_index, K.CELL_SHIFTS: shifts})
             distances = torch.linalg.vector_norm(vectors, dim=-1)
             keep = distances < self.cutoff
         data[K.EDGE_INDEX] = edge_index[:, keep]

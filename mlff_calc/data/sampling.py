@@ -38,6 +38,8 @@ from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 
+from ..neighbors import check_cell
+
 try:  # ASE >= 3.29 (MaxwellBoltzmannDistribution is deprecated there)
     from ase.md.velocitydistribution import thermalize_momenta
 except ImportError:  # pragma: no cover - older ASE
@@ -133,20 +135,18 @@ def read_structures(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Atoms
             raise ValueError(f"no structures in {path}")
         for i, atoms in enumerate(frames):
             source = f"{path}@{i}"
-            _check_structure(atoms, source)
+            check_structure(atoms, source)
             seeds.append((source, atoms))
     return seeds
 
 
-def _check_structure(atoms: Atoms, source: str) -> None:
+def check_structure(atoms: Atoms, source: str) -> None:
+    """``ValueError`` naming ``source`` for an empty structure, non-finite positions or a bad periodic cell."""
     if len(atoms) == 0:
         raise ValueError(f"{source}: structure has no atoms")
     if not np.isfinite(atoms.positions).all():
         raise ValueError(f"{source}: non-finite positions")
-    pbc = atoms.pbc
-    if pbc.any() and np.linalg.matrix_rank(atoms.cell.array[pbc], tol=1e-6) < pbc.sum():
-        raise ValueError(f"{source}: periodic along {pbc.tolist()} but the cell {atoms.cell.array.tolist()} "
-                         "is degenerate along a periodic direction")
+    check_cell(atoms.cell.array, atoms.pbc, where=f" of {source}")
 
 
 def split_frames(total: int, n_modes: int) -> list[int]:

@@ -65,12 +65,12 @@ def read_seeds(structures: Sequence[str | os.PathLike | Any]) -> list:
     """Seed structures from files (every frame) or ``ase.Atoms``: ``[(source, Atoms)]``."""
     from ase import Atoms
 
-    from ..data.sampling import _check_structure, read_structures
+    from ..data.sampling import check_structure, read_structures
 
     seeds = []
     for k, item in enumerate(structures):
         if isinstance(item, Atoms):
-            _check_structure(item, f"structure {k}")
+            check_structure(item, f"structure {k}")
             seeds.append((f"<Atoms {k}: {item.get_chemical_formula()}>", item.copy()))
         else:
             seeds.extend(read_structures([item]))
