@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError  # re-exported: checkpoint.CheckpointError is public
+
 FORMAT = "mlff_calc.student"
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_config", "state_dict", "metadata")
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
 
-class CheckpointError(ValueError):
-    """A file that is not a usable mlff_calc checkpoint."""
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -52,6 +52,8 @@ from ase.io import Trajectory
 from ase.md.logger import MDLogger
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
+from .errors import MDBlowUp  # re-exported: md.MDBlowUp is public
+
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
 
@@ -62,13 +64,6 @@ ESCAPE_DISTANCE = 10.0  # Å beyond the starting extent of a molecule
 VOLUME_FACTOR = 2.0  # NPT: the volume stays within [V0 / 2, 2 V0]
 
 
-class MDBlowUp(RuntimeError):
-    """The MD run went unphysical. ``step``: the first bad step; ``reason``: what happened;
-    ``result``: an :class:`MDResult` of the good part of the run (the frames that were written)."""
-
-    def __init__(self, message: str, step: int, reason: str, result: "MDResult | None" = None):
-        super().__init__(message)
-        self.step, self.reason, self.result = step, reason, result
 
 
 @dataclass

@@ -8,12 +8,9 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 
+from ..errors import TeacherError  # re-exported: teachers.TeacherError is public
 
-class TeacherError(RuntimeError):
-    """The teacher failed on one structure (it raised, or returned non-finite numbers).
 
-    Callers record the structure and the reason and go on with the next one.
-    """
 
 
 def compute_labels(calc: BaseCalculator, atoms: Atoms) -> dict[str, Any]:
