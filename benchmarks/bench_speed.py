@@ -36,10 +36,8 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,30 +46,16 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _harness import BUSY_CORES, emit, fmt_s, peak_rss_mib, probe_gflops, rss_mib, run_one  # noqa: E402
+from _results import machine_info, versions, write_section  # noqa: E402
 from _systems import SYSTEMS, build  # noqa: E402
 
 MODELS = ("student", "orb-v2")
 DEFAULT_SIZES = ("small", "medium", "large")
 RESULTS = HERE / "RESULTS.md"
-TAG = "BENCH_JSON "  # prefix of the worker's JSON lines on stdout
-KB_PER_MIB = 1024.0
-BUSY_CORES = 0.25  # other processes using more than this (in cores) during a run: its time is flagged ⚠
 
 
 # ==== worker: one model on one system, in its own process ===========================================
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KB_PER_MIB  # Linux: KiB
-
-
-def _emit(**record) -> None:
-    print(TAG + json.dumps(record), flush=True)
 
 
 def _thermal_velocities(atoms, temperature_k: float, seed: int) -> np.ndarray:
@@ -137,19 +121,6 @@ def _student_fused(model) -> bool | None:
         return False
 
 
-def _probe_gflops(seconds: float = 0.3) -> float:
-    """Throughput of a 512x512 float32 matmul right now: shows CPU contention from other tenants."""
-    import torch
-
-    a = torch.randn(512, 512)
-    a @ a
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ a
-        n += 1
-    return 2 * 512**3 * n / (time.perf_counter() - t0) / 1e9
-
-
 def _graph_edges(atoms, opts: dict, calc) -> int | None:
     """Edges of the graph the model sees at the starting positions."""
     try:
@@ -179,16 +150,16 @@ def run_worker(opts: dict) -> None:
 
     atoms = build(opts["system"])
     calc, model_info = _make_calculator(opts)
-    _emit(event="info", model_info=model_info, threads=torch.get_num_threads(), torch=torch.__version__,
-          edges=_graph_edges(atoms, opts, calc), versions=_versions())
+    emit(event="info", model_info=model_info, threads=torch.get_num_threads(), torch=torch.__version__,
+          edges=_graph_edges(atoms, opts, calc), versions=versions())
     atoms.calc = calc
     velocities = _thermal_velocities(atoms, 300.0, seed=1)
     phases = np.random.default_rng(2).uniform(0.0, 2 * np.pi, size=(len(atoms), 1))
     omega = 2 * np.pi / 40.0  # rad/fs
     origin = atoms.positions.copy()
     clock = {"t": 0.0, "dt": 1.0}  # fs
-    base_rss = _rss_mib()
-    probe_before = None if cuda else _probe_gflops()
+    base_rss = rss_mib()
+    probe_before = None if cuda else probe_gflops()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
@@ -205,7 +176,7 @@ def run_worker(opts: dict) -> None:
     # call is kept as a timed step instead of spending minutes on warm-up) -- unless the model is
     # torch.compiled, whose first call is mostly compilation.
     first = step()
-    _emit(event="first_call", seconds=first)
+    emit(event="first_call", seconds=first)
     times = []
     keep_first = first > opts["long_call_s"] and not model_info.get("compiled")
     if keep_first:
@@ -216,15 +187,15 @@ def run_worker(opts: dict) -> None:
         n_steps = int(np.clip(opts["time_budget_s"] / max(warm, 1e-6), opts["min_steps"], opts["max_steps"]))
     while len(times) < n_steps:
         times.append(step())
-        _emit(event="step", seconds=times[-1])
+        emit(event="step", seconds=times[-1])
 
     profile = None
     if opts.get("profile"):
         profile = _profile_student(step, opts["profile_steps"])
 
     builds = getattr(getattr(calc, "converter", None), "n_builds", None)  # diagnostics, student only
-    probe_after = None if cuda else _probe_gflops()
-    _emit(
+    probe_after = None if cuda else probe_gflops()
+    emit(
         event="result",
         times_s=times,
         median_ms=1e3 * float(np.median(times)),
@@ -235,7 +206,7 @@ def run_worker(opts: dict) -> None:
         steps_total=len(times) + (0 if keep_first else 2)
         + (opts["profile_steps"] if profile else 0),
         base_rss_mib=base_rss,
-        peak_rss_mib=_peak_rss_mib(),
+        peak_rss_mib=peak_rss_mib(),
         cuda_peak_mib=(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
         profile=profile,
         probe_gflops=[probe_before, probe_after],
@@ -262,51 +233,7 @@ def _profile_student(step, n_steps: int) -> dict:
     }
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "orb-models", "ase", "vesin", "mlff_calc", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 # ==== report: markdown section of RESULTS.md ==========================================================
-def machine_info(records: list[dict]) -> dict:
-    """CPU model, cores, RAM, and the package versions the workers reported."""
-    cpu, family, model_no, flags = platform.processor() or "unknown CPU", "?", "?", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "model name":
-                cpu = value
-            elif key == "cpu family":
-                family = value
-            elif key == "model":
-                model_no = value
-            elif key == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    import psutil
-
-    versions = next((r["versions"] for r in records if r.get("versions")), {})
-    threads = next((r["threads"] for r in records if r.get("threads")), None)
-    return {
-        "cpu": f"{cpu} (family {family}, model {model_no}; {', '.join(simd) or 'no AVX2'})",
-        "cores": len(os.sched_getaffinity(0)),
-        "ram_gib": psutil.virtual_memory().total / 2**30,
-        "versions": versions,
-        "threads": threads,
-        "python": platform.python_version(),
-    }
 
 
 def _header(info: dict, command: str, date: str, elapsed_s: float, device: str) -> list[str]:
@@ -327,7 +254,7 @@ def _cell_ms(rec: dict | None) -> str:
     busy = " ⚠" if rec.get("other_load_cores", 0.0) > BUSY_CORES else ""
     if "skipped" in rec:
         first = rec.get("first_call_s")
-        extra = f"; 1st call {_fmt_s(first)}" if first else ""
+        extra = f"; 1st call {fmt_s(first)}" if first else ""
         return rec["skipped"] + extra + busy
     return f"{rec['median_ms']:.4g} ({rec['min_ms']:.4g}){busy}"
 
@@ -439,140 +366,6 @@ def orb_settings_markdown(rows, info, command, date, elapsed_s) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (append if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    new_file = "# Benchmark results\n\nEach section is written by the benchmark it names.\n"
-    text = path.read_text() if path.exists() else new_file
-    if start in text and end in text and text.index(start) < text.index(end):
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-# ==== parent: subprocess per (system, model), with time and memory budgets ===========================
-def _tree_rss_bytes(proc) -> int:
-    import psutil
-
-    try:
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):  # e.g. torch.compile's worker processes
-            try:
-                total += child.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total
-    except psutil.NoSuchProcess:
-        return 0
-
-
-def _busy_cpu_s() -> float:
-    """Busy CPU seconds of the whole machine since boot (all processes)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def _own_cpu_s(proc, seen: dict) -> None:
-    """Record the CPU seconds of ``proc`` and its children (last value seen per pid)."""
-    import psutil
-
-    try:
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            seen[p.pid] = t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-
-
-def wait_for_idle_cpu(max_wait_s: float, threshold_cores: float = 0.3) -> float:
-    """Wait (up to ``max_wait_s``) until other processes use < ``threshold_cores``; returns seconds waited."""
-    start = time.monotonic()
-    while time.monotonic() - start < max_wait_s:
-        busy0, t0 = _busy_cpu_s(), time.monotonic()
-        time.sleep(1.0)
-        if (_busy_cpu_s() - busy0) / (time.monotonic() - t0) < threshold_cores:
-            break
-    return time.monotonic() - start
-
-
-def run_one(opts: dict, timeout_s: float, max_mem_gib: float, wait_idle_s: float = 0.0) -> dict:
-    """Run a worker; returns its result dict, or ``{"skipped": reason, ...}``."""
-    import psutil
-
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(opts["threads"])
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(opts)]
-    records: dict = {"steps_s": []}
-    if wait_idle_s > 0:
-        records["waited_for_idle_s"] = wait_for_idle_cpu(wait_idle_s)
-    with tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-
-        def read():
-            for line in proc.stdout:
-                if line.startswith(TAG):
-                    rec = json.loads(line[len(TAG):])
-                    event = rec.pop("event")
-                    if event == "step":
-                        records["steps_s"].append(rec["seconds"])
-                    elif event == "first_call":
-                        records["first_call_s"] = rec["seconds"]
-                    else:
-                        records.update(rec)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        ps = psutil.Process(proc.pid)
-        start, peak_tree, reason = time.monotonic(), 0, None
-        busy0, own = _busy_cpu_s(), {}
-        while proc.poll() is None:
-            peak_tree = max(peak_tree, _tree_rss_bytes(ps))
-            _own_cpu_s(ps, own)
-            if peak_tree > max_mem_gib * 2**30:
-                reason = f"skipped (> {max_mem_gib:.3g} GiB)"
-            elif time.monotonic() - start > timeout_s:
-                reason = f"skipped (> {timeout_s:.0f} s)"
-            if reason:
-                for child in ps.children(recursive=True):
-                    child.kill()
-                proc.kill()
-                break
-            time.sleep(0.1)
-        proc.wait()
-        reader.join(timeout=5)
-        records["wall_s"] = time.monotonic() - start
-        # CPU time other processes used meanwhile (all busy time minus this worker's): in cores.
-        other = _busy_cpu_s() - busy0 - sum(own.values())
-        records["other_load_cores"] = max(0.0, other / records["wall_s"])
-        records["sampled_peak_tree_rss_mib"] = peak_tree / 2**20
-        if reason:
-            records["skipped"] = reason
-        elif proc.returncode != 0 or "median_ms" not in records:
-            err.seek(0)
-            tail = err.read()[-2000:]
-            records["skipped"] = f"failed (exit {proc.returncode})"
-            records["error"] = tail
-            print(tail, file=sys.stderr)
-    return records
-
-
-def _fmt_s(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -660,11 +453,11 @@ def main(argv: list[str] | None = None) -> int:
                     opts = dict(base, system=name, model="orb-v2", orb_precision=precision,
                                 orb_compile=compile_)
                     print(f"[orb sweep] {name} precision={precision} compile={compile_} ...", flush=True)
-                    rec = run_one(opts, args.timeout, max_mem, args.wait_idle)
+                    rec = run_one(__file__, opts, args.timeout, max_mem, args.wait_idle)
                     rec.update(system=name, precision=precision, compile=compile_)
                     print(f"    -> {rec.get('skipped') or '%.1f ms/step' % rec['median_ms']}"
                           f"  (first call {rec.get('first_call_ms', float('nan')) / 1e3:.1f} s,"
-                          f" process {_fmt_s(rec['wall_s'])})", flush=True)
+                          f" process {fmt_s(rec['wall_s'])})", flush=True)
                     rows.append(rec)
         body = orb_settings_markdown(rows, machine_info(rows), command, date, time.monotonic() - started)
         print("\n" + body)
@@ -683,13 +476,13 @@ def main(argv: list[str] | None = None) -> int:
             opts = dict(base, system=name, model=model,
                         profile=(model == "student" and name == args.profile_system))
             print(f"[{name}: {len(atoms)} atoms] {model} ...", end=" ", flush=True)
-            rec = run_one(opts, args.timeout, max_mem, args.wait_idle)
+            rec = run_one(__file__, opts, args.timeout, max_mem, args.wait_idle)
             row[model] = rec
             if "skipped" in rec:
                 print(rec["skipped"], flush=True)
             else:
                 print(f"{rec['median_ms']:.1f} ms/step (median of {len(rec['times_s'])}), "
-                      f"peak RSS {rec['peak_rss_mib']:.0f} MiB, process {_fmt_s(rec['wall_s'])}", flush=True)
+                      f"peak RSS {rec['peak_rss_mib']:.0f} MiB, process {fmt_s(rec['wall_s'])}", flush=True)
         results.append(row)
 
     elapsed = time.monotonic() - started

@@ -19,8 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -28,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import cpu_name, write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "train_accuracy"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- bench_train_accuracy:start -->", "<!-- bench_train_accuracy:end -->"
 TEACHER = "gfn2-xtb"
 TEMPERATURE = 500.0  # K
 N_TRAIN, N_VAL, N_TEST_INTERNAL, N_EVAL = 600, 60, 20, 100
@@ -96,26 +96,6 @@ def evaluate(student: Path, data: Path) -> dict[str, float]:
             "teacher_force_std": float(ref_f.std())}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-time", type=float, default=300.0)
@@ -168,7 +148,7 @@ Target: force MAE <= {THRESHOLD} eV/Å -> **{'PASS' if ok else 'FAIL'}** (teache
 {m['teacher_force_std']:.2f} eV/Å).
 """
     print(text)
-    write_results(text)
+    write_section(RESULTS, "bench_train_accuracy", text)
     return 0 if ok else 1
 
 
