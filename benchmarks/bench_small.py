@@ -1,0 +1,220 @@
+"""Per-call cost on small molecules: the student against its teachers and against an earlier version.
+
+    python benchmarks/bench_small.py                                   # writes the bench_small section
+    python benchmarks/bench_small.py --baseline-src ../old-checkout    # adds the student of another checkout
+    python benchmarks/bench_small.py --rounds 1 --seconds 1 --no-write # quick look
+
+What is timed (one thread, CPU, float32, `StudentCalculator(skin=1.0)`, random weights — speed does not
+depend on them):
+- **per call**: ethanol (9 atoms); before every call the positions are the equilibrium ones plus fresh
+  Gaussian noise of 0.01 Å (as in MD: a real recomputation each call, the skin list is kept); then
+  ``atoms.get_forces()`` (energy and forces) is timed. Students with 64 features (the quickstart's) and 128
+  (the default), 3 blocks, 5 Å; GFN2-xTB (tblite) on the same inputs.
+- **batch**: 64 ethanol molecules, each displaced; ``batch_calculate`` of all 64 against 64 one-by-one
+  ``calculate`` calls on 64 calculators (64 independent replicas), atoms·calls/s of each.
+
+Each contender runs in its own process (``--baseline-src`` puts another checkout's ``mlff_calc`` first on
+the path for its rows), and the contenders take turns round by round, so a load spike on the shared
+machine hits all of them; the table gives the median over rounds of each round's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _harness import emit, fmt_s, run_one  # noqa: E402
+from _results import RESULTS, machine_info, versions, write_section  # noqa: E402
+
+
+# ==== worker ===========================================================================================
+def _ethanol():
+    from ase.build import molecule
+
+    return molecule("CH3CH2OH")
+
+
+def _student(hidden: int):
+    import torch
+
+    from mlff_calc import StudentCalculator, StudentForceField
+
+    torch.manual_seed(0)
+    model = StudentForceField(hidden_dim=hidden)
+    return StudentCalculator(model, device="cpu", dtype="float32", skin=1.0)
+
+
+def _calculator(opts: dict):
+    if opts["model"] == "gfn2-xtb":
+        from mlff_calc import load_teacher
+
+        return load_teacher("gfn2-xtb")
+    return _student(opts["hidden"])
+
+
+def _per_call(opts: dict) -> dict:
+    atoms = _ethanol()
+    base = atoms.positions.copy()
+    atoms.calc = _calculator(opts)
+    rng = np.random.default_rng(0)
+    times = []
+    deadline = None
+    for i in range(opts["warmup"] + opts["max_calls"]):
+        atoms.positions = base + rng.normal(0.0, 0.01, base.shape)
+        t0 = time.perf_counter()
+        atoms.get_forces()
+        dt = time.perf_counter() - t0
+        if i >= opts["warmup"]:
+            deadline = deadline or time.perf_counter() + opts["seconds"]
+            times.append(dt)
+            if time.perf_counter() > deadline and len(times) >= 5:
+                break
+    return {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * float(np.min(times)), "calls": len(times)}
+
+
+def _batch(opts: dict) -> dict:
+    base = _ethanol()
+    rng = np.random.default_rng(0)
+    n = opts["replicas"]
+    images = [base.copy() for _ in range(n)]
+    calcs = [_student(opts["hidden"]) for _ in range(n)]
+    batch_calc = calcs[0]
+    single, batched = [], []
+    for i in range(opts["warmup"] // 4 + opts["rounds_inner"]):
+        for atoms in images:
+            atoms.positions = base.positions + rng.normal(0.0, 0.01, (len(base), 3))
+        t0 = time.perf_counter()
+        for atoms, calc in zip(images, calcs):
+            calc.calculate(atoms, ["energy", "forces"])
+        t1 = time.perf_counter()
+        batch_calc.batch_calculate(images, ["energy", "forces"])
+        t2 = time.perf_counter()
+        if i >= opts["warmup"] // 4:
+            single.append(t1 - t0)
+            batched.append(t2 - t1)
+    atoms_calls = n * len(base)
+    return {"one_by_one_atoms_calls_per_s": atoms_calls / float(np.median(single)),
+            "batch_atoms_calls_per_s": atoms_calls / float(np.median(batched)),
+            "one_by_one_ms": 1e3 * float(np.median(single)), "batch_ms": 1e3 * float(np.median(batched))}
+
+
+def run_worker(opts: dict) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import mlff_calc
+
+    emit(event="info", versions=versions(), threads=1, src=str(Path(mlff_calc.__file__).parent.parent))
+    result = _batch(opts) if opts["mode"] == "batch" else _per_call(opts)
+    emit(event="result", median_ms=result.get("median_ms", 0.0), **{k: v for k, v in result.items() if k != "median_ms"})
+
+
+# ==== parent ===========================================================================================
+def contenders(baseline_src: str | None) -> list[dict]:
+    rows = []
+    for src, label in ((str(ROOT), "student"), (baseline_src, "student (baseline)")):
+        if src is None:
+            continue
+        for hidden in (64, 128):
+            rows.append({"label": f"{label}, hidden {hidden}", "model": "student", "hidden": hidden, "src": src,
+                         "mode": "call"})
+    rows.append({"label": "GFN2-xTB (tblite)", "model": "gfn2-xtb", "hidden": None, "src": str(ROOT), "mode": "call"})
+    for src, label in ((str(ROOT), "student"), (baseline_src, "student (baseline)")):
+        if src is not None:
+            rows.append({"label": f"{label}, hidden 64, 64 ethanols", "model": "student", "hidden": 64, "src": src,
+                         "mode": "batch"})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline-src", help="a checkout whose mlff_calc is timed as the baseline")
+    parser.add_argument("--baseline-label", default=None, help="how to name the baseline (e.g. a commit)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per contender and round")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return 0
+
+    command = "python benchmarks/bench_small.py" + "".join(
+        f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = time.monotonic()
+    rows = contenders(args.baseline_src)
+    records: dict[str, list[dict]] = {r["label"]: [] for r in rows}
+    for rnd in range(args.rounds):
+        for row in rows:
+            opts = dict(row, threads=1, warmup=20, max_calls=20000, seconds=args.seconds, replicas=64, rounds_inner=5)
+            env_src = row["src"]
+            os.environ["PYTHONPATH"] = env_src + os.pathsep + os.environ.get("PYTHONPATH", "")
+            try:
+                rec = run_one(__file__, opts, timeout_s=600, max_mem_gib=8)
+            finally:
+                os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+            if "skipped" in rec:
+                print(f"[round {rnd + 1}] {row['label']}: {rec['skipped']}", flush=True)
+                continue
+            records[row["label"]].append(rec)
+            what = (f"{rec['median_ms']:.3f} ms/call" if row["mode"] == "call" else
+                    f"batch {rec['batch_ms']:.1f} ms vs one-by-one {rec['one_by_one_ms']:.1f} ms")
+            print(f"[round {rnd + 1}] {row['label']}: {what}", flush=True)
+
+    info = machine_info([r for recs in records.values() for r in recs])
+    med = lambda recs, key: statistics.median(r[key] for r in recs) if recs else float("nan")  # noqa: E731
+    xtb = med(records["GFN2-xTB (tblite)"], "median_ms")
+    lines = [
+        "## Small molecules: per-call cost (`bench_small.py`)",
+        "",
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.0f} GiB RAM; CPU, **1 thread**",
+        f"- Software: torch {info['versions'].get('torch')}, mlff_calc {info['versions'].get('mlff_calc')}, "
+        f"ase {info['versions'].get('ase')}, Python {info['python']}",
+        f"- Command: `{command}` ({date}, {fmt_s(time.monotonic() - started)})"
+        + (f"; baseline = {args.baseline_label or args.baseline_src}" if args.baseline_src else ""),
+        "- Ethanol (9 atoms, 72 edges), positions + 0.01 Å noise before every call, `atoms.get_forces()` timed; "
+        "students with random weights, float32, skin 1 Å. Median over rounds of each round's median "
+        f"({args.rounds} rounds, contenders interleaved).",
+        "",
+        "| contender | ms per energy+forces call | min ms | GFN2-xTB / contender |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        recs = records[row["label"]]
+        if row["mode"] != "call":
+            continue
+        m = med(recs, "median_ms")
+        lo = min((r["min_ms"] for r in recs), default=float("nan"))
+        lines.append(f"| {row['label']} | {m:.3f} | {lo:.3f} | {xtb / m:.2f}x |")
+    lines += ["", "| batch of 64 ethanols | one-by-one atoms·calls/s | `batch_calculate` atoms·calls/s | ratio |",
+              "|---|---:|---:|---:|"]
+    for row in rows:
+        recs = records[row["label"]]
+        if row["mode"] != "batch" or not recs:
+            continue
+        one, bat = med(recs, "one_by_one_atoms_calls_per_s"), med(recs, "batch_atoms_calls_per_s")
+        lines.append(f"| {row['label']} | {one:,.0f} | {bat:,.0f} | **{bat / one:.1f}x** |")
+    body = "\n".join(lines) + "\n"
+    print("\n" + body)
+    if args.write:
+        write_section(RESULTS, "bench_small", body)
+        print(f"wrote section 'bench_small' of {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
