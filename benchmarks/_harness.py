@@ -101,15 +101,19 @@ def wait_for_idle_cpu(max_wait_s: float, threshold_cores: float = 0.3) -> float:
     return time.monotonic() - start
 
 
-def run_one(script: str | Path, opts: dict, timeout_s: float, max_mem_gib: float, wait_idle_s: float = 0.0) -> dict:
+def run_one(script: str | Path, opts: dict, timeout_s: float, max_mem_gib: float, wait_idle_s: float = 0.0,
+            src: str | None = None) -> dict:
     """Run ``script --worker OPTS`` in a subprocess with time and memory budgets.
 
     The worker reports with :func:`emit` (events ``info``, ``first_call``, ``step``, ``result``). Returns the
     merged records, or ``{"skipped": reason, ...}`` when a budget ran out or the worker failed.
+    ``src``: a checkout whose ``mlff_calc`` the worker imports instead of this one (a baseline).
     """
     import psutil
 
     env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(opts["threads"])
     cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(opts)]

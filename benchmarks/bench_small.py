@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -161,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(args.rounds):
         for row in rows:
             opts = dict(row, threads=1, warmup=20, max_calls=20000, seconds=args.seconds, replicas=64, rounds_inner=5)
-            env_src = row["src"]
-            os.environ["PYTHONPATH"] = env_src + os.pathsep + os.environ.get("PYTHONPATH", "")
-            try:
-                rec = run_one(__file__, opts, timeout_s=600, max_mem_gib=8)
-            finally:
-                os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+            rec = run_one(__file__, opts, timeout_s=600, max_mem_gib=8, src=row["src"])
             if "skipped" in rec:
                 print(f"[round {rnd + 1}] {row['label']}: {rec['skipped']}", flush=True)
                 continue

@@ -73,7 +73,7 @@ def _make_calculator(opts: dict):
     import torch
 
     device = opts["device"]
-    if opts["model"] == "student":
+    if opts["model"].startswith("student"):
         from mlff_calc import StudentCalculator, StudentForceField
 
         torch.manual_seed(0)
@@ -124,7 +124,7 @@ def _student_fused(model) -> bool | None:
 def _graph_edges(atoms, opts: dict, calc) -> int | None:
     """Edges of the graph the model sees at the starting positions."""
     try:
-        if opts["model"] == "student":
+        if opts["model"].startswith("student"):
             import vesin
 
             (i,) = vesin.ase_neighbor_list("i", atoms, calc.model.cutoff)
@@ -268,7 +268,13 @@ def _cell_rss(rec: dict | None) -> str:
     return cell
 
 
+def _baseline_cells(s: dict | None, b: dict | None) -> str:
+    ok = s is not None and "median_ms" in s and b is not None and "median_ms" in b
+    return f" {_cell_ms(b)} | {b['median_ms'] / s['median_ms']:.2f} |" if ok else f" {_cell_ms(b)} | - |"
+
+
 def results_markdown(results, models, info, command, date, elapsed_s, base, args) -> str:
+    baseline = "student-baseline" in models
     student_cfg = next((r["student"]["model_info"] for r in results
                         if "model_info" in r.get("student", {})), None)
     orb_cfg = next((r["orb-v2"]["model_info"] for r in results if "model_info" in r.get("orb-v2", {})), None)
@@ -285,6 +291,9 @@ def results_markdown(results, models, info, command, date, elapsed_s, base, args
                      f"torch.compile {'on' if orb_cfg.get('compiled') else 'off'} "
                      "(compile time excluded), "
                      f"{orb_cfg['parameters']:,} parameters, `ORBCalculator` (graph rebuilt every call)")
+    if baseline:
+        lines.append(f"- Baseline: the same student and settings from the checkout `{args.baseline_src}`, "
+                     "timed in the same run (its own process per system)")
     lines += [
         "- Step: dt = 1 fs along per-atom thermal oscillations (300 K velocities, random phases, 40 fs "
         "period; see the script's docstring), then "
@@ -304,8 +313,8 @@ def results_markdown(results, models, info, command, date, elapsed_s, base, args
         "",
         "| system | atoms | pbc | student edges | student ms/step | Orb-v2 ms/step | Orb/student | "
         "student atoms·steps/s | student peak RSS MiB | Orb-v2 edges | Orb-v2 peak RSS MiB | steps s/o | "
-        "CPU probe GFLOP/s | other load s \\| o |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "CPU probe GFLOP/s | other load s \\| o |" + (" baseline student ms/step | baseline/student |" if baseline else ""),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|" + ("---:|---:|" if baseline else ""),
     ]
     for row in results:
         s, o = row.get("student"), row.get("orb-v2")
@@ -323,7 +332,7 @@ def results_markdown(results, models, info, command, date, elapsed_s, base, args
         lines.append(f"| {row['system']} | {row['atoms']:,} | {row['pbc']} | {edges_s} | {_cell_ms(s)} | "
                      f"{_cell_ms(o)} | {ratio} | {rate} | {_cell_rss(s)} | {edges_o} | {_cell_rss(o)} | "
                      f"{steps} | "
-                     f"{probe} | {other} |")
+                     f"{probe} | {other} |" + (_baseline_cells(s, row.get("student-baseline")) if baseline else ""))
     notes = []
     for row in results:
         s = row.get("student") or {}
@@ -406,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the section of RESULTS.md (default: only for a full default run)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, help="also dump every raw record here")
+    parser.add_argument("--baseline-src", help="also time the student of this checkout (e.g. the previous main), "
+                        "in the same run: columns 'baseline' and 'baseline/student'")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -429,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models.split(",")
     if any(m not in MODELS for m in models):
         parser.error(f"--models takes a subset of {MODELS}")
-    full_run = not (args.quick or args.systems or args.sizes or args.orb_sweep) and set(models) == set(MODELS)
+    if args.baseline_src:
+        models.insert(models.index("student") + 1 if "student" in models else 0, "student-baseline")
+    full_run = not (args.quick or args.systems or args.sizes or args.orb_sweep) and set(MODELS) <= set(models)
     write = full_run if args.write is None else args.write
 
     tmpdir = tempfile.TemporaryDirectory(prefix="bench_speed_")
@@ -476,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             opts = dict(base, system=name, model=model,
                         profile=(model == "student" and name == args.profile_system))
             print(f"[{name}: {len(atoms)} atoms] {model} ...", end=" ", flush=True)
-            rec = run_one(__file__, opts, args.timeout, max_mem, args.wait_idle)
+            rec = run_one(__file__, opts, args.timeout, max_mem, args.wait_idle,
+                          src=args.baseline_src if model == "student-baseline" else None)
             row[model] = rec
             if "skipped" in rec:
                 print(rec["skipped"], flush=True)
