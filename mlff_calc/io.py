@@ -32,11 +32,24 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def temporary_path(path: str | Path) -> Path:
-    """A fresh, unique temporary name next to ``path`` (same directory, so a rename is atomic)."""
+    """A fresh, unique temporary name next to ``path`` (same directory, so a rename is atomic).
+
+    The file is created with the permissions an ordinary ``open(path, "w")`` would give (0666 less the
+    umask), not ``mkstemp``'s 0600, so a committed output is as readable as any other file the user writes.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
