@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_teacher_arguments, teacher_options
+from ._common import add_teacher_arguments, refuse_file_as_directory, teacher_options
 
 HELP = ("sample -> label -> train -> evaluate -> MD-check a student in one resumable command "
         "(re-running skips finished stages)")
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_file_as_directory(args.out)
     from ..pipeline import distill, print_summary
 
     result = distill(args.teacher, args.structures, args.out, teacher_options=teacher_options(args),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._common import refuse_file_as_directory
+
 HELP = "train a PaiNN student on a labelled dataset -> RUN_DIR/student.pt (re-running into RUN_DIR resumes)"
 
 
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_file_as_directory(args.out)
     from ..training import load_config, train
 
     overrides = {"data.path": args.data, "run.out": args.out}

@@ -2,7 +2,7 @@
 
 The parts live along their seams: :mod:`.schema` (layout, units, frame dicts <-> columns),
 :mod:`.reader` (what training needs), :mod:`.journal` (the append-only writer, its lock and compaction).
-This module gathers them and adds the one-shot helpers ``write_frames`` and ``remove_dataset``.
+This module gathers them and adds the one-shot helpers ``write_frames`` and ``remove_journal``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .reader import DatasetReader, pending_frames, read_header
 from .schema import FORMAT, FORMAT_VERSION, OPTIONAL, SCHEMA, UNITS, frames_to_arrays, journal_dir
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "OPTIONAL", "SCHEMA", "UNITS", "DatasetReader", "DatasetWriter",
-           "frames_to_arrays", "journal_dir", "pending_frames", "read_header", "remove_dataset",
+           "frames_to_arrays", "journal_dir", "pending_frames", "read_header", "remove_journal",
            "write_frames"]
 
 
@@ -45,9 +45,6 @@ def write_frames(
     return n
 
 
-def remove_dataset(path: str | os.PathLike) -> None:
-    """Delete a dataset file and its journal (for ``--overwrite``)."""
-    path = Path(path)
-    if path.exists():
-        path.unlink()
+def remove_journal(path: str | os.PathLike) -> None:
+    """Delete the journal of ``path`` (after ``path`` was replaced by a new file: its batches are stale)."""
     shutil.rmtree(journal_dir(path), ignore_errors=True)
