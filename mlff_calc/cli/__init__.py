@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -22,8 +23,15 @@ from ..errors import MLFFError
 COMMANDS = ("distill", "sample", "label", "dataset", "train", "md", "compare", "export")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (exit code 2), naming where to read more."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mlff-calc",
         description="Distil a teacher force field into a fast PaiNN student and run MD with it.",
     )
@@ -51,6 +59,8 @@ def _one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line; an ``OSError`` names its file and what to do."""
     if isinstance(exc, OSError) and not isinstance(exc, MLFFError) and exc.strerror:
         where = exc.filename if exc.filename is not None else ""
+        if isinstance(exc, FileExistsError) and where and os.path.isfile(where):  # mkdir of a path under a file
+            return f"{where} is a file, not a directory, so nothing can be written under it; choose another path"
         text = f"{exc.strerror}: {where}" if where else exc.strerror
         hint = {
             PermissionError: "check the permissions, or choose another path",
