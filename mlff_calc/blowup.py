@@ -56,7 +56,8 @@ class BlowUpWatch:
         forces = atoms.get_forces()
         if not np.isfinite(forces).all():
             bad = int(np.flatnonzero(~np.isfinite(forces).all(axis=1))[0])
-            return f"non-finite forces (first: non-finite force on atom {bad}, {atoms.get_chemical_symbols()[bad]})"
+            symbol = atoms.get_chemical_symbols()[bad]
+            return f"non-finite forces (first: non-finite force on atom {bad}, {symbol})"
         positions, momenta = atoms.positions, atoms.get_momenta()
         if not (np.isfinite(positions).all() and np.isfinite(momenta).all()):
             return "non-finite positions or velocities"

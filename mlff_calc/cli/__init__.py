@@ -59,8 +59,8 @@ def _one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line; an ``OSError`` names its file and what to do."""
     if isinstance(exc, OSError) and not isinstance(exc, MLFFError) and exc.strerror:
         where = exc.filename if exc.filename is not None else ""
-        if isinstance(exc, FileExistsError) and where and os.path.isfile(where):  # mkdir of a path under a file
-            return f"{where} is a file, not a directory, so nothing can be written under it; choose another path"
+        if isinstance(exc, FileExistsError) and where and os.path.isfile(where):  # mkdir under a file
+            return f"{where} is a file, not a directory: nothing can be written under it; choose another path"
         text = f"{exc.strerror}: {where}" if where else exc.strerror
         hint = {
             PermissionError: "check the permissions, or choose another path",

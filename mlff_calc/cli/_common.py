@@ -80,7 +80,8 @@ def given(args: argparse.Namespace, **names: str) -> dict[str, Any]:
 
     Flags left out are not passed on, so the called function's own default applies.
     """
-    return {keyword: getattr(args, attr) for keyword, attr in names.items() if getattr(args, attr) is not None}
+    return {keyword: getattr(args, attr) for keyword, attr in names.items()
+            if getattr(args, attr) is not None}
 
 
 def refuse_file_as_directory(path: str, flag: str = "--out") -> None:

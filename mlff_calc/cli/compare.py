@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_teacher_arguments, default_of, finite_float, given, refuse_file_as_directory, teacher_options
+from ._common import (add_teacher_arguments, default_of, finite_float, given, refuse_file_as_directory,
+                      teacher_options)
 
 HELP = "compare a student with its teacher: errors, speed, NVE stability, RDFs -> REPORT_DIR/report.md"
 
@@ -26,13 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="REPORT_DIR",
                         help="report directory: report.md, metrics.json, PNG figures, NVE trajectories")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
-                        help=f"evaluate at most N frames, evenly spaced over the input; 0 = all ({default('max_frames')})")
+                        help="evaluate at most N frames, evenly spaced over the input; 0 = all "
+                             f"({default('max_frames')})")
     parser.add_argument("--nve-steps", type=int, default=None, metavar="N",
                         help=f"NVE steps for the stability check; 0 = no MD ({default('nve_steps')})")
     parser.add_argument("--timestep", type=finite_float, default=None, metavar="FS",
                         help=f"MD time step in fs ({default('timestep', ' fs')})")
     parser.add_argument("--temperature", type=finite_float, default=None, metavar="K",
-                        help=f"initial velocities drawn at this temperature in K ({default('temperature', ' K')})")
+                        help="initial velocities drawn at this temperature in K "
+                             f"({default('temperature', ' K')})")
     parser.add_argument("--teacher-md", action="store_true",
                         help="run the same NVE with the teacher too and compare radial distributions")
     parser.add_argument("--md-structure", default=None, metavar="FILE",

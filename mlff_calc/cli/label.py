@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, metavar="K",
                         help=f"commit after at most K frames ({default('batch_size')}) ...")
     parser.add_argument("--commit-interval", type=finite_float, default=None, metavar="SECONDS",
-                        help=f"... or after this many seconds, whichever comes first ({default('commit_interval')})")
+                        help="... or after this many seconds, whichever comes first "
+                             f"({default('commit_interval')})")
     parser.add_argument(
         "--shard",
         default=None,

@@ -24,14 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nve: velocity Verlet; nvt: Langevin or Nose-Hoover chain; npt: isotropic "
                              f"barostat, fully periodic cells only ({default('ensemble')})")
     parser.add_argument("--temperature", type=finite_float, default=None, metavar="K",
-                        help=f"target temperature, and that of the initial velocities ({default('temperature', ' K')})")
+                        help="target temperature, and that of the initial velocities "
+                             f"({default('temperature', ' K')})")
     parser.add_argument("--timestep", type=finite_float, default=None, metavar="FS",
                         help=f"time step in fs ({default('timestep', ' fs')})")
     parser.add_argument("--steps", type=int, default=None, metavar="N", help=f"MD steps ({default('steps')})")
     parser.add_argument("--traj", default=None, metavar="OUT.traj",
-                        help="trajectory, a frame every --interval: OUT.traj is an ASE trajectory, OUT.xyz or "
-                             "OUT.extxyz extended XYZ (other names are refused); an existing file is refused "
-                             "unless --overwrite")
+                        help="trajectory, a frame every --interval: OUT.traj is an ASE trajectory, "
+                             "OUT.xyz or OUT.extxyz extended XYZ (other names are refused); an existing file "
+                             "is refused unless --overwrite")
     parser.add_argument("--log", default=None, metavar="MD.log",
                         help="ASE MDLogger text log (time, energies, temperature), every --interval; an "
                              "existing file is refused unless --overwrite")
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     model, structure = Path(args.model), Path(args.structure)
     if model.is_dir():
-        raise InputError(f"model {model} is a directory; give the checkpoint file (e.g. {model / 'student.pt'})")
+        raise InputError(f"model {model} is a directory; give the checkpoint file "
+                         f"(e.g. {model / 'student.pt'})")
     if not model.is_file():
         raise FileNotFoundError(f"model file not found: {model}")
     if not structure.is_file() and not structure.is_dir():

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out (never one of the --structures)")
     parser.add_argument("--temperatures", nargs="+", type=finite_float, default=None, metavar="K",
-                        help=f"Langevin MD temperatures in K, one trajectory each ({default('temperatures', ' K')})")
+                        help="Langevin MD temperatures in K, one trajectory each "
+                             f"({default('temperatures', ' K')})")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="frames per seed structure, split over MD temperatures, rattle and strain "
                              f"({default('frames')})")

@@ -53,7 +53,8 @@ def _labels_of(atoms, index: int, path: Path) -> dict[str, Any]:
     if not (
         np.isfinite(energy) and np.isfinite(forces).all() and (stress is None or np.isfinite(stress).all())
     ):
-        raise InputError(f"frame {index} of {path} has non-finite labels (NaN or inf energy, forces or stress)")
+        raise InputError(f"frame {index} of {path} has non-finite labels (NaN or inf energy, forces or "
+                         "stress)")
     return {"energy": energy, "forces": forces, "stress": stress}
 
 
@@ -140,7 +141,8 @@ def merge_datasets(
     for k, a in enumerate(inputs):
         for b in inputs[k + 1:]:
             if same_file(a, b):
-                raise InputError(f"{a} is given twice as an input (its frames would appear in more than one file); "
+                raise InputError(f"{a} is given twice as an input (its frames would appear in more than "
+                                 "one file); "
                                  "give each shard file once")
     readers = [DatasetReader(p) for p in inputs]
     for p in inputs:

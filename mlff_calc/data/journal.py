@@ -41,7 +41,8 @@ import numpy as np
 from ..errors import DataError, RunLockedError
 from ..io import atomic_write, commit, temporary_path
 from .reader import DatasetReader, read_header
-from .schema import CHUNK, FORMAT, FORMAT_VERSION, SCHEMA, UNITS, frames_to_arrays, journal_batches, journal_dir
+from .schema import (CHUNK, FORMAT, FORMAT_VERSION, SCHEMA, UNITS, frames_to_arrays, journal_batches,
+                     journal_dir)
 
 try:  # POSIX advisory locks; elsewhere the writer runs without the two-writer guard.
     import fcntl

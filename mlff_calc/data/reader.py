@@ -13,10 +13,12 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .schema import FORMAT, FORMAT_VERSION, OPTIONAL, SCHEMA, UNITS, journal_batches, journal_dir, json_attr, open_h5
+from .schema import (FORMAT, FORMAT_VERSION, OPTIONAL, SCHEMA, UNITS, journal_batches, journal_dir, json_attr,
+                     open_h5)
 
 def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
-    """Check format, units and layout; return the header. ``DataError`` (a ``ValueError``) naming what is wrong."""
+    """Check format, units and layout; return the header. ``DataError`` (a ``ValueError``) names what is
+    wrong."""
     if "format" not in f.attrs:
         top = sorted(f.keys())
         raise DataError(

@@ -1,4 +1,4 @@
-"""Structure files (any ASE-readable format): a validating reader, a fingerprint and a streaming extxyz writer.
+"""Structure files (any ASE-readable format): a validating reader, a fingerprint, a streaming extxyz writer.
 
 Every command reads its structures through :func:`read_structures`, so bad input is refused at the
 boundary, named as such, before a teacher, a model or an integrator sees it: a missing, empty or
@@ -21,7 +21,7 @@ from ..io import temporary_path
 
 
 def check_structure(atoms: Atoms, source: str) -> None:
-    """``InputError`` naming ``source`` for an empty structure, non-finite positions or a bad periodic cell."""
+    """``InputError`` naming ``source`` for an empty structure, non-finite positions, a bad periodic cell."""
     from ..neighbors import check_cell
 
     if len(atoms) == 0:
@@ -48,7 +48,7 @@ def read_structures(path: str | os.PathLike, check: bool = True) -> list[Atoms]:
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a structure file")
     if not path.is_file():
-        raise FileNotFoundError(f"structure file not found: {path}")
+        raise FileNotFoundError(f"structure file not found: {path} (no such structure file; check the path)")
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty: it contains no structures")
     try:
@@ -80,7 +80,7 @@ def fingerprint(frames: list[Atoms]) -> str:
 
 
 def write_extxyz(path: str | os.PathLike, frames: Iterable[Atoms]) -> int:
-    """Write ``frames`` (any iterable, e.g. a generator that runs MD) to ``path`` as extended XYZ; return how many.
+    """Write ``frames`` (any iterable, e.g. a generator running MD) to ``path`` as extended XYZ; count them.
 
     Frames go to ``<stem>.partial<suffix>`` next to ``path``, each flushed as it comes, and the file is
     renamed to ``path`` only when all are written. If producing the frames fails or is interrupted, the

@@ -81,7 +81,7 @@ def label_file(
     shard = parse_shard(shard)
     if same_file(out, structures):
         raise OutputExistsError(f"dataset {out} is also the --structures input; choose another --out")
-    frames = read_structures(structures)  # every frame checked (atoms, finite positions, cell): before the teacher
+    frames = read_structures(structures)  # each frame checked (atoms, finite positions, cell): no teacher yet
     spec = teacher_spec(teacher, options)
     source = {
         "path": str(Path(structures).resolve()),

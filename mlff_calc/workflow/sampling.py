@@ -117,7 +117,8 @@ def read_seed_files(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Atoms
     """
     if not paths:
         raise InputError("no structure files given")
-    return [(f"{path}@{i}", atoms) for path in map(str, paths) for i, atoms in enumerate(read_structures(path))]
+    return [(f"{path}@{i}", atoms) for path in map(str, paths)
+            for i, atoms in enumerate(read_structures(path))]
 
 
 def split_frames(total: int, n_modes: int) -> list[int]:

@@ -77,12 +77,14 @@ ROWS = [
     (f"{SAMPLE} --structures {{d}}/adir --out {{d}}/o.extxyz", "is a directory"),
     (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/good.extxyz --overwrite", "is also an input"),
     (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/afile.txt", "already exists; pass --overwrite"),
-    (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/afile.txt/o.extxyz", "is a file, not a directory"),
+    (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/afile.txt/o.extxyz",
+     "is a file, not a directory"),
     (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/adir", "is a directory"),
     (f"{SAMPLE} --structures {{d}}/nan.extxyz --out {{d}}/o.extxyz", r"nan.extxyz@1: non-finite positions"),
     (f"{SAMPLE} --structures {{d}}/zero_atoms.extxyz --out {{d}}/o.extxyz", "@1: structure has no atoms"),
     (f"{SAMPLE} --structures {{d}}/garbage.extxyz --out {{d}}/o.extxyz", "cannot read structures"),
-    (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/o.extxyz --timestep nan", "expected a finite number"),
+    (f"{SAMPLE} --structures {{d}}/good.extxyz --out {{d}}/o.extxyz --timestep nan",
+     "expected a finite number"),
     # label
     (f"{LABEL} --structures {{d}}/missing.xyz --out {{d}}/o.h5", "structure file not found"),
     (f"{LABEL} --structures {{d}}/adir --out {{d}}/o.h5", "is a directory"),
@@ -144,7 +146,8 @@ ROWS = [
     (f"{COMPARE} --student {{d}}/missing.pt --data {{d}}/d.h5 --out {{d}}/r", "missing.pt"),
     (f"{COMPARE} --student {{d}}/garbage.pt --data {{d}}/d.h5 --out {{d}}/r", "garbage.pt"),
     (f"{COMPARE} --student {{d}}/student.pt --data {{d}}/corrupt.h5 --out {{d}}/r", "not a readable HDF5"),
-    (f"{COMPARE} --student {{d}}/student.pt --structures {{d}}/nan.extxyz --out {{d}}/r", "non-finite positions"),
+    (f"{COMPARE} --student {{d}}/student.pt --structures {{d}}/nan.extxyz --out {{d}}/r",
+     "non-finite positions"),
     (f"{COMPARE} --student {{d}}/student.pt --data {{d}}/d.h5 --out {{d}}/afile.txt", "not a directory"),
     # distill
     (f"{DISTILL} --structures {{d}}/missing.xyz --out {{d}}/run", "missing.xyz"),
@@ -152,7 +155,8 @@ ROWS = [
     (f"{DISTILL} --structures {{d}}/good.extxyz --out {{d}}/afile.txt", "not a directory"),
     (f"{DISTILL} --structures {{d}}/good.extxyz --out {{d}}/run --recipe {{d}}/garbage.yaml", "garbage.yaml"),
 ]
-SUBPROCESS = {  # also run as real processes: the console entry point, exit codes and stderr as a user sees them
+# Also run as real processes: the console entry point, exit codes and stderr as a user sees them.
+SUBPROCESS = {
     "dataset info {d}/corrupt.h5",
     f"{MD} --traj {{d}}/afile.txt",
     f"{LABEL} --structures {{d}}/nan.extxyz --out {{d}}/o.h5",

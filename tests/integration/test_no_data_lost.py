@@ -216,8 +216,8 @@ def test_11_unwritable_places_are_one_line_naming_the_file(tmp_path, dataset, ca
     source = tmp_path / "in.extxyz"
     ase.io.write(source, cu_frames(2), format="extxyz")
     runs = [
-        (["label", "--teacher", "emt", "--structures", str(source), "--out", str(blocker / "d.h5"), "--quiet"],
-         "not a directory"),
+        (["label", "--teacher", "emt", "--structures", str(source), "--out", str(blocker / "d.h5"),
+          "--quiet"], "not a directory"),
         (["dataset", "merge", str(blocker / "m.h5"), str(dataset)], "not a directory"),
         (["dataset", "to-xyz", str(dataset), str(blocker / "d.extxyz")], "not a directory"),
     ]
