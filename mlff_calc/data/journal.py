@@ -194,6 +194,8 @@ class DatasetWriter:
             raise DataError(
                 f"frame {frame.get('input_index')}: non-finite energy or forces are never stored"
             )
+        if not (np.all(np.isfinite(frame["positions"])) and np.all(np.isfinite(frame["cell"]))):
+            raise DataError(f"frame {frame.get('input_index')}: non-finite positions or cell are never stored")
         self._pending.append({k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in frame.items()})
 
     def add_failure(self, input_index: int, reason: str) -> None:

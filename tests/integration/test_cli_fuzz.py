@@ -124,6 +124,7 @@ ROWS = [
     (f"{TRAIN} --out {{d}}/afile.txt", "is an existing file, not a directory"),
     (f"{TRAIN} --out {{d}}/run --config {{d}}/garbage.yaml", "garbage.yaml"),
     (f"{TRAIN} --out {{d}}/run --config {{d}}/missing.yaml", "missing.yaml"),
+    (f"{TRAIN} --out {{d}}/run --max-time nan", "expected a finite number"),
     # md
     ("md --model {d}/missing.pt --structure {d}/good.extxyz --quiet", "model file not found"),
     ("md --model {d}/garbage.pt --structure {d}/good.extxyz --quiet --device cpu", "garbage.pt"),
