@@ -196,7 +196,7 @@ def _read_frames(data, structures, max_frames):
     """Selected frames ``[(index, Atoms)]``, their stored labels (None for a structure file), the number
     of frames available, and the dataset's teacher spec (None for a structure file)."""
     if data is not None:
-        from ..data.hdf5 import DatasetReader
+        from ..data.reader import DatasetReader
 
         with DatasetReader(data) as reader:
             if len(reader) == 0:
