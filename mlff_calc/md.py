@@ -56,6 +56,7 @@ ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
 TRAJECTORY_FORMATS = {".traj": "traj", ".xyz": "extxyz", ".extxyz": "extxyz"}
 
+
 @dataclass
 class MDResult:
     """What ``run_md`` measured. Arrays hold one value per logged frame (steps 0, interval, 2 interval, ...).

@@ -195,7 +195,9 @@ class DatasetWriter:
                 f"frame {frame.get('input_index')}: non-finite energy or forces are never stored"
             )
         if not (np.all(np.isfinite(frame["positions"])) and np.all(np.isfinite(frame["cell"]))):
-            raise DataError(f"frame {frame.get('input_index')}: non-finite positions or cell are never stored")
+            raise DataError(
+                f"frame {frame.get('input_index')}: non-finite positions or cell are never stored"
+            )
         self._pending.append({k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in frame.items()})
 
     def add_failure(self, input_index: int, reason: str) -> None:
@@ -297,4 +299,3 @@ class DatasetWriter:
 
     def __del__(self) -> None:
         self._unlock()
-

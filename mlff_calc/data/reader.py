@@ -16,6 +16,7 @@ from ..errors import DataError
 from .schema import (FORMAT, FORMAT_VERSION, OPTIONAL, SCHEMA, UNITS, journal_batches, journal_dir, json_attr,
                      open_h5)
 
+
 def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
     """Check format, units and layout; return the header. ``DataError`` (a ``ValueError``) names what is
     wrong."""
@@ -203,5 +204,3 @@ def pending_frames(path: str | os.PathLike) -> tuple[int, int]:
                     frames += len(z["structures.n_atoms"])
                     failures += len(z["failures.input_index"])
     return frames, failures
-
-

@@ -121,5 +121,3 @@ def frames_to_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:
             [nan33 if f.get("stress") is None else f["stress"] for f in frames], (3, 3), "float64"
         ),
     }
-
-
