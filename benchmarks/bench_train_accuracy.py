@@ -1,7 +1,7 @@
 """Accuracy benchmark of ``mlff-calc train``: distil GFN2-xTB ethanol into a student in 300 s of CPU.
 
-1. Langevin MD of ethanol at 500 K driven by the teacher (``mlff_calc.data.sampling``), 680 frames;
-   labelled with ``mlff_calc.data.labelling.label_file`` -> 600 train / 60 validation / 20 test frames.
+1. Langevin MD of ethanol at 500 K driven by the teacher (``mlff_calc.workflow.sampling``), 680 frames;
+   labelled with ``mlff_calc.workflow.labelling.label_file`` -> 600 train / 60 validation / 20 test frames.
 2. An independent trajectory (another seed) -> 100 frames for the final evaluation.
 3. ``mlff-calc train --max-time 300`` (a subprocess, the command a user runs).
 4. Student vs teacher on the independent frames, through ``StudentCalculator`` (the MD path).
@@ -55,8 +55,9 @@ def sample_and_label(name: str, frames: int, seed: int) -> Path:
     from ase.build import molecule
     from ase.io import write
 
-    from mlff_calc.data.labelling import label_file
-    from mlff_calc.data.sampling import SamplingConfig, sample_structures, write_frames
+    from mlff_calc.workflow.labelling import label_file
+    from mlff_calc.data.structures import write_extxyz
+    from mlff_calc.workflow.sampling import SamplingConfig, sample_structures
     from mlff_calc.teachers import load_teacher
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -67,8 +68,8 @@ def sample_and_label(name: str, frames: int, seed: int) -> Path:
         config = SamplingConfig(temperatures=(TEMPERATURE,), frames=frames, interval=20, timestep=0.5,
                                 friction=0.01, warmup=400, rattle=0.0, strain=0.0, seed=seed)
         t = time.perf_counter()
-        # write_frames renames a complete file into place: a killed run leaves no truncated xyz behind.
-        n = write_frames(xyz, sample_structures([(str(seed_file), molecule("CH3CH2OH"))],
+        # write_extxyz renames a complete file into place: a killed run leaves no truncated xyz behind.
+        n = write_extxyz(xyz, sample_structures([(str(seed_file), molecule("CH3CH2OH"))],
                                                 load_teacher(TEACHER), config))
         print(f"sampled {n} frames ({name}, seed {seed}) in {time.perf_counter() - t:.0f} s")
     report = label_file(xyz, h5, TEACHER, {}, progress=False)

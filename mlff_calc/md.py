@@ -21,21 +21,17 @@ npt         nose-hoover      ``IsotropicMTKNPT``: Nose-Hoover chains + Martyna-T
 
 NPT changes the volume, not the cell shape, and needs a fully periodic cell and a calculator with stress.
 
-Blow-up detection (``MDBlowUp``), checked after every ``check_interval`` steps (default: every step;
-a few numpy reductions, negligible next to a force call), and the reason it is a blow-up:
-
-- non-finite positions, momenta, forces or (at logged steps) energy: nothing after that is physics;
-- any force above ``max_force`` (1000 eV/Å): real forces in MD stay below ~50 eV/Å even for close
-  contacts at high temperature; a broken or out-of-domain model gives runaway values;
-- kinetic temperature above 10 x max(temperature, 100 K): the run is heating itself (energy not
-  conserved), the usual first sign of a student leaving its training domain; the 100 K floor keeps cold
-  or 0 K starts from tripping it;
-- molecules (no periodic axis): an atom farther than 10 Å beyond the starting extent from the centre of
-  mass (the molecule is flying apart);
-- NPT: the volume changed by more than a factor of 2 from the start (the barostat ran away).
+Blow-up detection (``MDBlowUp``) is :class:`mlff_calc.blowup.BlowUpWatch`, checked after every
+``check_interval`` steps (default: every step): non-finite values, a force above 1000 eV/Å, a kinetic
+temperature above 10 x max(target, 100 K), a molecule flying apart, an NPT volume off by 2x. A
+calculator that refuses the structure mid-run (``ValueError``: overlapping atoms, non-finite positions)
+or returns non-finite values (``ModelOutputError``) is a blow-up too. Anything else -- a kernel failure,
+running out of memory, a bug -- propagates as itself: it is not physics.
 
 On a blow-up the trajectory and log keep every frame written before it (the bad frame is never written),
-and the exception carries ``step``, ``reason`` and the partial ``result``.
+and the exception carries ``step``, ``reason`` and the partial ``result``. Trajectory and log are written
+under temporary names and renamed into place when the run ends, however it ends; ``traj`` ending in
+``.xyz``/``.extxyz`` is written as extended XYZ, ``.traj`` as an ASE trajectory.
 """
 
 from __future__ import annotations
@@ -52,18 +48,13 @@ from ase.io import Trajectory
 from ase.md.logger import MDLogger
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
-from .errors import MDBlowUp  # re-exported: md.MDBlowUp is public
+from .blowup import MAX_FORCE, BlowUpWatch
+from .errors import InputError, MDBlowUp, ModelOutputError  # MDBlowUp re-exported: md.MDBlowUp is public
+from .io import commit, temporary_path
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
-
-MAX_FORCE = 1e3  # eV/Å
-TEMPERATURE_FACTOR = 10.0  # blow-up above this x max(target, TEMPERATURE_FLOOR)
-TEMPERATURE_FLOOR = 100.0  # K
-ESCAPE_DISTANCE = 10.0  # Å beyond the starting extent of a molecule
-VOLUME_FACTOR = 2.0  # NPT: the volume stays within [V0 / 2, 2 V0]
-
-
+TRAJECTORY_FORMATS = {".traj": "traj", ".xyz": "extxyz", ".extxyz": "extxyz"}
 
 
 @dataclass
@@ -161,7 +152,7 @@ def run_md(
     """
     ensemble, thermostat = str(ensemble).lower(), str(thermostat).lower().replace("_", "-")
     _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, interval, friction,
-                   check_interval)
+                   check_interval, pressure, traj)
     if calc is not None:
         atoms.calc = calc
     if atoms.calc is None:
@@ -175,9 +166,20 @@ def run_md(
                          rng)
     conserved = ensemble == "nve" or thermostat == "nose-hoover"
     frames: dict[str, list[float]] = {k: [] for k in ("t", "epot", "ekin", "T", "V", "cons")}
-    watch = _BlowUpWatch(atoms, ensemble, temperature, max_force)
-    writer = Trajectory(str(traj), "w", atoms) if traj is not None else None
-    logger = MDLogger(dyn, atoms, str(log), stress=ensemble == "npt", mode="w") if log is not None else None
+    watch = BlowUpWatch(atoms, temperature, max_force, npt=ensemble == "npt")
+    outputs = {}  # final path -> temporary path; renamed into place when the run ends, however it ends
+    writer = logger = None
+    try:
+        if traj is not None:
+            outputs[Path(traj)] = temporary_path(traj)
+            writer = _TrajectoryWriter(outputs[Path(traj)], TRAJECTORY_FORMATS[Path(traj).suffix.lower()])
+        if log is not None:
+            outputs[Path(log)] = temporary_path(log)
+            logger = MDLogger(dyn, atoms, str(outputs[Path(log)]), stress=ensemble == "npt", mode="w")
+    except BaseException:
+        for tmp in outputs.values():
+            tmp.unlink(missing_ok=True)
+        raise
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
@@ -216,11 +218,12 @@ def run_md(
                 next(run)
             except StopIteration:
                 break
-            except (ValueError, RuntimeError, ArithmeticError) as exc:
-                if isinstance(exc, MDBlowUp):
-                    raise
-                # The calculator failed mid-run (the student refuses overlapping atoms or non-finite input):
-                # the structure has become garbage, which is a blow-up.
+            except MDBlowUp:
+                raise
+            except (ValueError, ArithmeticError, ModelOutputError) as exc:
+                # The calculator refused the structure mid-run (overlapping atoms, non-finite input) or gave
+                # non-finite output: the structure has become garbage, which is a blow-up. Other errors (a
+                # kernel failure, out of memory, a bug) are not physics and propagate as themselves.
                 reason = f"the calculator raised {type(exc).__name__}: {exc}"
                 raise watch.blow_up(dyn.nsteps + 1, reason) from exc
             bar.update(1 if dyn.nsteps else 0)
@@ -237,17 +240,43 @@ def run_md(
             writer.close()
         if logger is not None:
             logger.close()
+        for path, tmp in outputs.items():  # the frames written are good ones: keep them, whatever happened
+            commit(tmp, path)
     return result()
 
 
+class _TrajectoryWriter:
+    """A frame per call to ``write``: an ASE ``.traj`` or extended XYZ (flushed per frame)."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.fmt = fmt
+        self._out = Trajectory(str(path), "w") if fmt == "traj" else open(path, "w")
+
+    def write(self, atoms: Atoms) -> None:
+        if self.fmt == "traj":
+            self._out.write(atoms)
+        else:
+            from ase.io import write
+
+            write(self._out, atoms, format="extxyz")
+            self._out.flush()
+
+    def close(self) -> None:
+        self._out.close()
+
+
 def _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, interval, friction,
-                   check_interval) -> None:
+                   check_interval, pressure=1.0, traj=None) -> None:
+    from .data.structures import check_structure
+
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
     if thermostat not in THERMOSTATS:
         raise ValueError(f"thermostat must be one of {', '.join(THERMOSTATS)}, got {thermostat!r}")
-    if len(atoms) == 0:
-        raise ValueError("the structure has no atoms")
+    check_structure(atoms, "the MD structure")  # no atoms, NaN positions or a bad cell: before any integrator
+    if traj is not None and Path(traj).suffix.lower() not in TRAJECTORY_FORMATS:
+        raise InputError(f"trajectory {traj}: the name must end in .traj (ASE trajectory) or .xyz/.extxyz "
+                         "(extended XYZ)")
     if not (timestep > 0 and math.isfinite(timestep)):
         raise ValueError(f"timestep must be > 0 fs, got {timestep}")
     if not temperature >= 0 or (ensemble != "nve" and not temperature > 0):
@@ -258,8 +287,12 @@ def _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, in
     for name, value in (("interval", interval), ("check_interval", check_interval)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value}")
-    if not friction > 0:
-        raise ValueError(f"friction must be > 0 (1/fs), got {friction}")
+    if not (friction > 0 and math.isfinite(friction)):
+        raise ValueError(f"friction must be a finite number > 0 (1/fs), got {friction}")
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite, got {temperature}")
+    if not math.isfinite(pressure):
+        raise ValueError(f"pressure must be finite (bar), got {pressure}")
     if ensemble == "npt" and not atoms.pbc.all():
         raise ValueError(f"NPT needs a fully periodic cell (this structure has pbc={atoms.pbc.tolist()}); "
                          f"use --ensemble nvt or nve for molecules, slabs and wires")
@@ -314,54 +347,6 @@ def _make_dynamics(atoms, ensemble, thermostat, temperature, timestep, friction,
 def _conserved_energy(dyn, total: float) -> float:
     get = getattr(dyn, "get_conserved_energy", None)
     return float(get()) if get is not None else total
-
-
-class _BlowUpWatch:
-    """The cheap per-step checks of the module docstring."""
-
-    def __init__(self, atoms: Atoms, ensemble: str, temperature: float, max_force: float):
-        self.atoms = atoms
-        self.max_temperature = TEMPERATURE_FACTOR * max(temperature, TEMPERATURE_FLOOR)
-        self.max_force = max_force
-        self.molecule = not atoms.pbc.any() and len(atoms) > 1
-        if self.molecule:
-            extent = np.linalg.norm(atoms.positions - atoms.get_center_of_mass(), axis=1).max()
-            self.max_radius = extent + ESCAPE_DISTANCE
-        self.volume0 = atoms.get_volume() if ensemble == "npt" else None
-
-    def blow_up(self, step: int, reason: str) -> MDBlowUp:
-        return MDBlowUp(f"MD blew up at step {step}: {reason}", step=step, reason=reason)
-
-    def check(self, step: int) -> None:
-        atoms = self.atoms
-        # Forces first: non-finite forces are the cause, non-finite velocities (a half-kick later) the effect.
-        forces = atoms.get_forces()  # cached by the integrator's own call: no extra model evaluation
-        if not np.isfinite(forces).all():
-            bad = int(np.flatnonzero(~np.isfinite(forces).all(axis=1))[0])
-            raise self.blow_up(step, f"non-finite force on atom {bad} ({atoms.get_chemical_symbols()[bad]})")
-        positions, momenta = atoms.positions, atoms.get_momenta()
-        if not (np.isfinite(positions).all() and np.isfinite(momenta).all()):
-            raise self.blow_up(step, "non-finite positions or velocities")
-        fmax = np.linalg.norm(forces, axis=1)
-        if fmax.max() > self.max_force:
-            i = int(fmax.argmax())
-            raise self.blow_up(step, f"force of {fmax[i]:.3g} eV/Å on atom {i} > {self.max_force:g} eV/Å")
-        temperature = atoms.get_temperature()
-        if temperature > self.max_temperature:
-            raise self.blow_up(step, f"kinetic temperature {temperature:.0f} K > "
-                                     f"{self.max_temperature:.0f} K ({TEMPERATURE_FACTOR:g} x max(target, "
-                                     f"{TEMPERATURE_FLOOR:g} K))")
-        if self.molecule:
-            radius = np.linalg.norm(positions - atoms.get_center_of_mass(), axis=1)
-            if radius.max() > self.max_radius:
-                i = int(radius.argmax())
-                raise self.blow_up(step, f"atom {i} is {radius[i]:.1f} Å from the centre of mass, more than "
-                                         f"{ESCAPE_DISTANCE:g} Å beyond the starting extent (flying apart)")
-        if self.volume0 is not None:
-            ratio = atoms.get_volume() / self.volume0
-            if not (1 / VOLUME_FACTOR <= ratio <= VOLUME_FACTOR):
-                raise self.blow_up(step, f"the volume changed by a factor {ratio:.3g} (allowed "
-                                         f"1/{VOLUME_FACTOR:g}..{VOLUME_FACTOR:g}): the barostat ran away")
 
 
 def _ns_per_day(steps: int, timestep_fs: float, wall_s: float) -> float:

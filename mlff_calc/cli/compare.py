@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_teacher_arguments, teacher_options
+from ._common import (add_teacher_arguments, default_of, finite_float, given, refuse_file_as_directory,
+                      teacher_options)
 
 HELP = "compare a student with its teacher: errors, speed, NVE stability, RDFs -> REPORT_DIR/report.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..evaluation import compare
+
+    def default(name: str, unit: str = "") -> str:
+        return f"default: {default_of(compare, name)}{unit}"
+
     parser.add_argument("--student", required=True, metavar="STUDENT.pt", help="student checkpoint")
     add_teacher_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -20,31 +26,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any ASE-readable structure file: the teacher labels its frames now")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR",
                         help="report directory: report.md, metrics.json, PNG figures, NVE trajectories")
-    parser.add_argument("--max-frames", type=int, default=200, metavar="N",
-                        help="evaluate at most N frames, evenly spaced over the input; 0 = all (default 200)")
-    parser.add_argument("--nve-steps", type=int, default=2000, metavar="N",
-                        help="NVE steps for the stability check; 0 = no MD (default 2000)")
-    parser.add_argument("--timestep", type=float, default=0.5, metavar="FS",
-                        help="MD time step in fs (default 0.5)")
-    parser.add_argument("--temperature", type=float, default=300.0, metavar="K",
-                        help="initial velocities drawn at this temperature in K (default 300)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="evaluate at most N frames, evenly spaced over the input; 0 = all "
+                             f"({default('max_frames')})")
+    parser.add_argument("--nve-steps", type=int, default=None, metavar="N",
+                        help=f"NVE steps for the stability check; 0 = no MD ({default('nve_steps')})")
+    parser.add_argument("--timestep", type=finite_float, default=None, metavar="FS",
+                        help=f"MD time step in fs ({default('timestep', ' fs')})")
+    parser.add_argument("--temperature", type=finite_float, default=None, metavar="K",
+                        help="initial velocities drawn at this temperature in K "
+                             f"({default('temperature', ' K')})")
     parser.add_argument("--teacher-md", action="store_true",
                         help="run the same NVE with the teacher too and compare radial distributions")
     parser.add_argument("--md-structure", default=None, metavar="FILE",
                         help="first frame of FILE starts the NVE runs (default: the first evaluated frame)")
-    parser.add_argument("--device", default="auto",
-                        help="student device: auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--device", default=None,
+                        help=f"student device: auto | cpu | cuda | cuda:N ({default('device')})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_file_as_directory(args.out)
     from ..evaluation import compare
 
     m = compare(args.student, args.teacher, teacher_options=teacher_options(args), data=args.data,
-                structures=args.structures, out=args.out, max_frames=args.max_frames,
-                nve_steps=args.nve_steps, timestep=args.timestep, temperature=args.temperature,
-                teacher_md=args.teacher_md, md_structure=args.md_structure, device=args.device,
-                progress=not args.quiet)
+                structures=args.structures, out=args.out, teacher_md=args.teacher_md,
+                md_structure=args.md_structure, progress=not args.quiet,
+                **given(args, max_frames="max_frames", nve_steps="nve_steps", timestep="timestep",
+                        temperature="temperature", device="device"))
     if not args.quiet:
         e, s = m["errors"], m["speed"]
         print(f"{e['n_frames']} frames: force MAE {e['force_mae_ev_per_ang']:.4g} eV/Å, energy MAE "

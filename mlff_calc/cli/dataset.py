@@ -17,17 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", help="counts, elements, sizes, label statistics, teacher, failures")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    overwrite = "replace an existing OUT (never one of the inputs)"
     p = sub.add_parser("to-xyz", help="write every structure with its labels as extended XYZ")
     p.add_argument("file")
     p.add_argument("out")
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
     p = sub.add_parser("from-xyz", help="your own labelled frames (energy, forces, optional stress) -> HDF5")
     p.add_argument("file")
     p.add_argument("out")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
     p = sub.add_parser("merge", help="join shard files of one `mlff-calc label` job, in input order")
     p.add_argument("out")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    for p in sub.choices.values():  # --debug after the action too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def summarize(path) -> dict[str, Any]:
@@ -133,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
         s = summarize(args.file)
         print(json.dumps(s, indent=2)) if args.json else _print_info(s)
     elif args.action == "to-xyz":
-        print(f"wrote {convert.to_extxyz(args.file, args.out)} structures to {args.out}")
+        print(f"wrote {convert.to_extxyz(args.file, args.out, args.overwrite)} structures to {args.out}")
     elif args.action == "from-xyz":
         print(f"wrote {convert.from_extxyz(args.file, args.out, args.overwrite)} structures to {args.out}")
     elif args.action == "merge":
-        n, warnings = convert.merge(args.out, args.inputs, overwrite=args.overwrite)
+        n, warnings = convert.merge_datasets(args.out, args.inputs, overwrite=args.overwrite)
         for w in warnings:
             print(f"warning: {w}")
         print(f"merged {len(args.inputs)} files, {n} structures, into {args.out}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_teacher_arguments, teacher_options
+from ._common import add_teacher_arguments, finite_float, refuse_file_as_directory, teacher_options
 
 HELP = ("sample -> label -> train -> evaluate -> MD-check a student in one resumable command "
         "(re-running skips finished stages)")
@@ -25,13 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, metavar="RECIPE.yaml",
                         help="YAML merged over the preset key by key: sampling, heldout, labelling, training "
                              "(model/data/loss/optim/run), evaluation, md; unknown keys are refused")
-    parser.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--max-time", type=finite_float, default=None, metavar="SECONDS",
                         help="training budget (= training.run.max_time); raising it later continues training")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage lines; summary only")
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_file_as_directory(args.out)
     from ..pipeline import distill, print_summary
 
     result = distill(args.teacher, args.structures, args.out, teacher_options=teacher_options(args),

@@ -5,31 +5,29 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from ._common import add_teacher_arguments, teacher_options
+from ._common import add_teacher_arguments, default_of, finite_float, given, teacher_options
 
 HELP = "label structures with a teacher into an HDF5 dataset (re-running the same command resumes)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..workflow.labelling import label_file
+
+    def default(name: str) -> str:
+        return f"default: {default_of(label_file, name)}"
+
     add_teacher_arguments(parser)
     parser.add_argument(
         "--structures", required=True, metavar="FILE", help="any ASE-readable file; all frames"
     )
-    parser.add_argument("--out", required=True, metavar="DATA.h5", help="dataset file (created or resumed)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=16,
-        metavar="K",
-        help="commit after at most K frames (default 16) ...",
-    )
-    parser.add_argument(
-        "--commit-interval",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="... or after this many seconds, whichever comes first (default 5)",
-    )
+    parser.add_argument("--out", required=True, metavar="DATA.h5",
+                        help="dataset file: created, or resumed when it holds this job's labels (the same "
+                             "teacher, input and shard); any other existing file is refused, never replaced")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="K",
+                        help=f"commit after at most K frames ({default('batch_size')}) ...")
+    parser.add_argument("--commit-interval", type=finite_float, default=None, metavar="SECONDS",
+                        help="... or after this many seconds, whichever comes first "
+                             f"({default('commit_interval')})")
     parser.add_argument(
         "--shard",
         default=None,
@@ -41,24 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="try again the frames the teacher failed on in an earlier run",
     )
-    parser.add_argument("--compact-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--compact-interval", type=finite_float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.labelling import label_file
+    from ..workflow.labelling import label_file
 
     report = label_file(
         args.structures,
         args.out,
         args.teacher,
         teacher_options(args),
-        batch_size=args.batch_size,
-        commit_interval=args.commit_interval,
         shard=args.shard,
         retry_failures=args.retry_failures,
         progress=not args.quiet,
-        compact_interval=args.compact_interval,
+        **given(args, batch_size="batch_size", commit_interval="commit_interval",
+                compact_interval="compact_interval"),
     )
     shard = f" of shard {args.shard}" if args.shard else ""
     tried = report.labelled_now + len(report.failed_now)

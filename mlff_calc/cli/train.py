@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._common import finite_float, refuse_file_as_directory
+
 HELP = "train a PaiNN student on a labelled dataset -> RUN_DIR/student.pt (re-running into RUN_DIR resumes)"
 
 
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "learning_curve.png")
     parser.add_argument("--config", default=None, metavar="CFG.yaml",
                         help="YAML with sections model, data, loss, optim, run (options below override it)")
-    parser.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--max-time", type=finite_float, default=None, metavar="SECONDS",
                         help="training wall-clock budget (summed over resumptions); stops cleanly")
     parser.add_argument("--epochs", type=int, default=None, metavar="N", help="maximum epochs (default 200)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_file_as_directory(args.out)
     from ..training import load_config, train
 
     overrides = {"data.path": args.data, "run.out": args.out}

@@ -2,6 +2,10 @@
 
 The extxyz -> HDF5 -> extxyz round trip is exact for numbers, positions, cell, pbc, energy, forces and
 stress: HDF5 keeps every float64 bit, and ASE writes a value it has read back to the same text.
+
+Every output follows the one rule of :mod:`mlff_calc.io`: an existing output is replaced only with
+``overwrite=True``, an output that is also an input is refused before anything is read, and the new file
+is written under a temporary name and renamed into place only when it is complete.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .hdf5 import DatasetReader, pending_frames, remove_dataset, write_frames
-from .labelling import fingerprint, read_structures
+from ..errors import DataError, InputError
+from ..io import atomic_path, check_output, same_file
+from .hdf5 import DatasetReader, pending_frames, remove_journal, write_frames
+from .structures import fingerprint, read_structures
 
 
 def _provenance(command: str, **extra: Any) -> dict[str, Any]:
@@ -35,7 +41,7 @@ def _labels_of(atoms, index: int, path: Path) -> dict[str, Any]:
     results = getattr(atoms.calc, "results", None) or {}
     missing = [k for k in ("energy", "forces") if results.get(k) is None]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"frame {index} of {path} has no {' or '.join(missing)}: from-xyz needs labelled frames "
             "(energy= in the comment line and a forces column, as ase.io.write writes them)"
         )
@@ -47,8 +53,19 @@ def _labels_of(atoms, index: int, path: Path) -> dict[str, Any]:
     if not (
         np.isfinite(energy) and np.isfinite(forces).all() and (stress is None or np.isfinite(stress).all())
     ):
-        raise ValueError(f"frame {index} of {path} has non-finite labels")
+        raise InputError(f"frame {index} of {path} has non-finite labels (NaN or inf energy, forces or "
+                         "stress)")
     return {"energy": energy, "forces": forces, "stress": stress}
+
+
+def _write_dataset(out: Path, frames, teacher, provenance, failures=()) -> int:
+    """``write_frames`` into a temporary file renamed over ``out`` when whole (a stale journal of an
+    earlier ``out`` is removed after the rename: its batches belong to the replaced file)."""
+    with atomic_path(out) as tmp:
+        tmp.unlink()  # write_frames creates its file itself
+        n = write_frames(tmp, frames, teacher, provenance, failures)
+    remove_journal(out)
+    return n
 
 
 def from_extxyz(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> int:
@@ -56,9 +73,8 @@ def from_extxyz(source: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     from ..teachers import teacher_spec
 
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} exists; remove it or pass --overwrite")
-    atoms_list = read_structures(source)
+    check_output(out, overwrite=overwrite, inputs=[source], what="dataset")
+    atoms_list = read_structures(source)  # every frame checked: atoms, finite positions, a valid cell
     frames = [
         {
             "atomic_numbers": a.numbers,
@@ -70,8 +86,6 @@ def from_extxyz(source: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         }
         for i, a in enumerate(atoms_list)
     ]
-    if overwrite:
-        remove_dataset(out)
     spec = teacher_spec("external", {"source": source.name})
     src = {
         "path": str(source.resolve()),
@@ -79,35 +93,61 @@ def from_extxyz(source: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         "n_frames": len(frames),
         "shard": [0, 1],
     }
-    return write_frames(out, frames, spec, _provenance("dataset from-xyz", input=src))
+    return _write_dataset(out, frames, spec, _provenance("dataset from-xyz", input=src))
 
 
-def to_extxyz(path: str | os.PathLike, out: str | os.PathLike) -> int:
+def to_extxyz(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> int:
     """Every structure of a dataset file, with its labels, -> extended XYZ."""
     import ase.io
 
-    reader = DatasetReader(path)
-    with reader:
-        ase.io.write(out, [reader.atoms(i) for i in range(len(reader))], format="extxyz")
-    return len(reader)
+    check_output(out, overwrite=overwrite, inputs=[path], what="extxyz output")
+    with DatasetReader(path) as reader:
+        frames = [reader.atoms(i) for i in range(len(reader))]
+    with atomic_path(out) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
+    return len(frames)
 
 
-def merge(
+def _shard_coverage(readers: list[DatasetReader], source: dict[str, Any]) -> list[str]:
+    """Warnings for input frames that no shard covers (any mix of shard counts N)."""
+    n_frames = source.get("n_frames")
+    shards = sorted({tuple(r.provenance.get("input", {}).get("shard") or (0, 1)) for r in readers})
+    if not isinstance(n_frames, int):
+        return []
+    covered = np.zeros(n_frames, dtype=bool)
+    for i, n in shards:
+        covered[i::n] = True
+    missing = np.flatnonzero(~covered)
+    if not len(missing):
+        return []
+    names = ", ".join("/".join(map(str, s)) for s in shards)
+    return [f"shards {names} do not cover the whole input: {len(missing)} of {n_frames} input frames are in "
+            f"no shard (frames {missing[:10].tolist()}{', ...' if len(missing) > 10 else ''}); label them "
+            "into another shard file and merge again"]
+
+
+def merge_datasets(
     out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False
 ) -> tuple[int, list[str]]:
     """Join shard files of one labelling job into ``out``, in input order. Returns (frames, warnings).
 
-    Refuses files from different teachers or inputs, files with frames still in their journal, and
-    input frames present in more than one file.
+    Refuses an ``out`` that is one of ``inputs`` (whatever ``overwrite`` says), an input given twice,
+    files from different teachers or inputs, files with frames still in their journal, and input frames
+    present in more than one file; warns about input frames that no shard covers.
     """
     if not inputs:
-        raise ValueError("dataset merge needs at least one input file")
-    if Path(out).exists() and not overwrite:
-        raise ValueError(f"{out} exists; remove it or pass --overwrite")
+        raise InputError("dataset merge needs at least one input file")
+    out = check_output(out, overwrite=overwrite, inputs=inputs, what="merged dataset")
+    for k, a in enumerate(inputs):
+        for b in inputs[k + 1:]:
+            if same_file(a, b):
+                raise InputError(f"{a} is given twice as an input (its frames would appear in more than "
+                                 "one file); "
+                                 "give each shard file once")
     readers = [DatasetReader(p) for p in inputs]
     for p in inputs:
         if sum(pending_frames(p)):
-            raise ValueError(
+            raise DataError(
                 f"{p} has committed frames not yet folded into it (a killed run); "
                 "re-run its `mlff-calc label` command first"
             )
@@ -115,25 +155,21 @@ def merge(
     source = dict(first.provenance.get("input") or {})
     for r in readers[1:]:
         if r.teacher != first.teacher:
-            raise ValueError(
+            raise DataError(
                 f"cannot merge: {r.path} was labelled by {r.teacher}, {first.path} by {first.teacher}"
             )
         other = r.provenance.get("input") or {}
         if other.get("sha256") != source.get("sha256"):
-            raise ValueError(
+            raise DataError(
                 f"cannot merge: {r.path} and {first.path} were labelled from different inputs "
                 f"({other.get('path')} vs {source.get('path')})"
             )
-    warnings = []
-    shards = sorted(tuple(r.provenance.get("input", {}).get("shard") or (0, 1)) for r in readers)
-    counts = {n for _, n in shards}
-    if len(counts) == 1 and sorted(i for i, _ in shards) != list(range(counts.pop())):
-        warnings.append(f"shards {['/'.join(map(str, s)) for s in shards]} do not cover the whole input")
+    warnings = _shard_coverage(readers, source)
 
     index = np.concatenate([r.input_index for r in readers])
     unique, seen = np.unique(index, return_counts=True)
     if (seen > 1).any():
-        raise ValueError(
+        raise DataError(
             f"cannot merge: input frames {unique[seen > 1][:10].tolist()} appear in more than one file"
         )
     order = np.argsort(index, kind="stable")
@@ -141,9 +177,8 @@ def merge(
     failures = {}
     for r in readers:
         failures.update(zip(r.failed_index.tolist(), r.failed_reason))
-    failures = {i: why for i, why in failures.items() if i not in set(index.tolist())}
-    if overwrite:
-        remove_dataset(out)
+    labelled = set(index.tolist())
+    failures = {i: why for i, why in failures.items() if i not in labelled}
     source["shard"] = None
     provenance = _provenance(
         "dataset merge", input=source, merged_from=[str(Path(p).resolve()) for p in inputs]
@@ -157,7 +192,9 @@ def merge(
                 frame["stress"] = None
             yield frame
 
-    n = write_frames(out, frames(), first.teacher, provenance, sorted(failures.items()))
-    for r in readers:
-        r.close()
+    try:  # every input is read whole into the temporary file before it replaces ``out``
+        n = _write_dataset(out, frames(), first.teacher, provenance, sorted(failures.items()))
+    finally:
+        for r in readers:
+            r.close()
     return n, warnings

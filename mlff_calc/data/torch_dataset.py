@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import _keys as K
-from .hdf5 import DatasetReader
+from .reader import DatasetReader
 
 N_ATOMS = "n_atoms"  # (B,) int64 | atoms per structure
 _PER_ATOM = (K.ATOMIC_NUMBERS, K.POSITIONS, K.FORCES)

@@ -196,7 +196,7 @@ def _read_frames(data, structures, max_frames):
     """Selected frames ``[(index, Atoms)]``, their stored labels (None for a structure file), the number
     of frames available, and the dataset's teacher spec (None for a structure file)."""
     if data is not None:
-        from ..data.hdf5 import DatasetReader
+        from ..data.reader import DatasetReader
 
         with DatasetReader(data) as reader:
             if len(reader) == 0:
@@ -209,9 +209,9 @@ def _read_frames(data, structures, max_frames):
                                              cell=fr["cell"], pbc=fr["pbc"])))
                 refs.append({"energy": fr["energy"], "forces": fr["forces"], "stress": fr["stress"]})
             return frames, refs, len(reader), reader.teacher
-    from ..data.sampling import read_structures
+    from ..data.structures import read_structures
 
-    everything = [atoms for _, atoms in read_structures([structures])]  # raises for missing/empty files
+    everything = read_structures(structures)  # raises for missing/empty files
     for atoms in everything:
         atoms.calc = None  # labels stored in the file are not the teacher's: always recompute
     picks = _evenly_spaced(len(everything), max_frames)
@@ -227,9 +227,9 @@ def _evenly_spaced(n: int, max_frames: int | None) -> np.ndarray:
 
 
 def _read_first(path) -> Atoms:
-    from ..data.sampling import read_structures
+    from ..data.structures import read_structures
 
-    atoms = read_structures([path])[0][1]
+    atoms = read_structures(path)[0]
     atoms.calc = None
     return atoms
 

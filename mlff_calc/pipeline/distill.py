@@ -65,7 +65,8 @@ def read_seeds(structures: Sequence[str | os.PathLike | Any]) -> list:
     """Seed structures from files (every frame) or ``ase.Atoms``: ``[(source, Atoms)]``."""
     from ase import Atoms
 
-    from ..data.sampling import check_structure, read_structures
+    from ..data.structures import check_structure
+    from ..workflow.sampling import read_seed_files
 
     seeds = []
     for k, item in enumerate(structures):
@@ -73,7 +74,7 @@ def read_seeds(structures: Sequence[str | os.PathLike | Any]) -> list:
             check_structure(item, f"structure {k}")
             seeds.append((f"<Atoms {k}: {item.get_chemical_formula()}>", item.copy()))
         else:
-            seeds.extend(read_structures([item]))
+            seeds.extend(read_seed_files([item]))
     if not seeds:
         raise ValueError("no seed structures given (--structures)")
     return seeds
@@ -106,7 +107,7 @@ def distill(
         device: ``auto`` | ``cpu`` | ``cuda[:n]`` for training, evaluation and MD (not hashed).
         quiet: no progress bars or stage lines (the final summary is still returned).
     """
-    from ..data.labelling import fingerprint
+    from ..data.structures import fingerprint
     from ..teachers import TEACHERS
 
     t_start = time.monotonic()

@@ -139,7 +139,7 @@ def load_recipe(preset: str | None = "standard", path: str | Path | None = None,
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Check every section and key; fill nothing in (presets are complete); return a normalised copy."""
-    from ..data.sampling import SamplingConfig
+    from ..workflow.sampling import SamplingConfig
     from ..training.config import config_from_dict
 
     if not isinstance(raw, dict):

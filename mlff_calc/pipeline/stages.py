@@ -86,7 +86,7 @@ class Stage:
 
 # ---- sampling ---------------------------------------------------------------------------------------------
 def _sampling_config(ctx: Context, heldout: bool):
-    from ..data.sampling import SamplingConfig
+    from ..workflow.sampling import SamplingConfig
 
     values = dict(ctx.recipe["sampling"])
     if heldout:
@@ -101,7 +101,8 @@ def _sampling_config(ctx: Context, heldout: bool):
 def _sample(ctx: Context, heldout: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from ..data.sampling import sample_structures, write_frames
+    from ..data.structures import write_extxyz
+    from ..workflow.sampling import sample_structures
 
     config = _sampling_config(ctx, heldout)
     out = ctx.path("frames/heldout.extxyz" if heldout else "frames/train.extxyz")
@@ -114,8 +115,8 @@ def _sample(ctx: Context, heldout: bool) -> dict:
             counts[frame.info["mode"]] = counts.get(frame.info["mode"], 0) + 1
             bar.update(1)
 
-        # write_frames renames a complete file into place: a killed stage leaves no truncated output.
-        written = write_frames(out, sample_structures(ctx.seeds, calc, config, on_frame=on_frame))
+        # write_extxyz renames a complete file into place: a killed stage leaves no truncated output.
+        written = write_extxyz(out, sample_structures(ctx.seeds, calc, config, on_frame=on_frame))
     if written == 0:
         raise RuntimeError(f"sampling produced no frames (every MD trajectory blew up at once; see the "
                            f"warnings above): check the seed structures and the teacher {ctx.teacher!r}")
@@ -132,7 +133,7 @@ def _sample_key(ctx: Context, heldout: bool) -> dict:
 
 # ---- labelling --------------------------------------------------------------------------------------------
 def _label(ctx: Context, name: str) -> dict:
-    from ..data.labelling import label_file
+    from ..workflow.labelling import label_file
 
     lab = ctx.recipe["labelling"]
     report = label_file(ctx.path(f"frames/{name}.extxyz"), ctx.path(f"data/{name}.h5"), ctx.teacher,

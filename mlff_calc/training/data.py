@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.hdf5 import DatasetReader
+from ..data.reader import DatasetReader
 from ..data.torch_dataset import H5Dataset, collate
 from .config import TrainConfig
 

@@ -20,7 +20,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlff_calc.cli import main
 from mlff_calc.data.hdf5 import DatasetReader, journal_dir, pending_frames
-from mlff_calc.data.labelling import fingerprint
+from mlff_calc.data.structures import fingerprint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -13,15 +13,15 @@ from ase.calculators.emt import EMT
 from ase.cluster import Icosahedron
 from ase.io import read, write
 
-from mlff_calc.data.sampling import (
+from mlff_calc.data.structures import write_extxyz
+from mlff_calc.workflow.sampling import (
     SamplingConfig,
     SamplingWarning,
     md_frames,
-    read_structures,
+    read_seed_files,
     sample_structures,
     split_frames,
     strain_frames,
-    write_frames,
 )
 
 FAST = dict(frames=12, interval=3, timestep=2.0)
@@ -192,36 +192,36 @@ def test_md_teacher_error_on_start_structure_propagates():
 # ---- input and output ----------------------------------------------------------------------------------
 
 
-def test_read_structures_every_frame_and_clear_errors(tmp_path):
+def test_read_seed_files_every_frame_and_clear_errors(tmp_path):
     path = tmp_path / "two.extxyz"
     write(path, [bulk("Cu", cubic=True), bulk("Al", cubic=True)])
-    seeds = read_structures([path])
+    seeds = read_seed_files([path])
     assert [s for s, _ in seeds] == [f"{path}@0", f"{path}@1"]
     assert seeds[1][1].get_chemical_formula() == "Al4"
 
     with pytest.raises(FileNotFoundError, match="missing.xyz"):
-        read_structures([tmp_path / "missing.xyz"])
+        read_seed_files([tmp_path / "missing.xyz"])
     garbage = tmp_path / "garbage.extxyz"
     garbage.write_text("this is\nnot a structure file\n")
     with pytest.raises(ValueError, match="cannot read structures from .*garbage.extxyz"):
-        read_structures([garbage])
+        read_seed_files([garbage])
     empty = tmp_path / "empty.extxyz"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty.extxyz"):
-        read_structures([empty])
+        read_seed_files([empty])
     with pytest.raises(ValueError, match="no structure files"):
-        read_structures([])
+        read_seed_files([])
     flat = Atoms("Cu", cell=[[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=True)
     write(tmp_path / "flat.extxyz", flat)
     with pytest.raises(ValueError, match="degenerate"):
-        read_structures([tmp_path / "flat.extxyz"])
+        read_seed_files([tmp_path / "flat.extxyz"])
 
 
-def test_write_frames_roundtrip_and_keeps_partial_work(tmp_path, seeds):
+def test_write_extxyz_roundtrip_and_keeps_partial_work(tmp_path, seeds):
     config = SamplingConfig(temperatures=(300,), **FAST)
     frames = list(sample_structures(seeds, EMT(), config))
     out = tmp_path / "sub" / "frames.extxyz"
-    assert write_frames(out, iter(frames)) == len(frames)
+    assert write_extxyz(out, iter(frames)) == len(frames)
     back = read(out, ":")
     assert not (tmp_path / "sub" / "frames.partial.extxyz").exists()
     for a, b in zip(frames, back, strict=True):
@@ -237,7 +237,7 @@ def test_write_frames_roundtrip_and_keeps_partial_work(tmp_path, seeds):
 
     broken = tmp_path / "broken.extxyz"
     with pytest.raises(KeyboardInterrupt) as info:
-        write_frames(broken, dies_after_three())
+        write_extxyz(broken, dies_after_three())
     partial = tmp_path / "broken.partial.extxyz"
     assert not broken.exists() and len(read(partial, ":")) == 3
     assert str(partial) in "".join(getattr(info.value, "__notes__", [str(partial)]))

@@ -1,14 +1,13 @@
 """Resumable labelling: run a teacher over every frame of a structure file into a dataset file.
 
 Each input frame is labelled at most once, in input order. Frames are committed in small batches (see
-:class:`~mlff_calc.data.hdf5.DatasetWriter`), so a killed run loses only the frames in flight, and
+:class:`~mlff_calc.data.journal.DatasetWriter`), so a killed run loses only the frames in flight, and
 re-running the same call resumes: frames already labelled, or already failed, are skipped. The file
 records the teacher, the input fingerprint and the shard, and a resumed run refuses to mix in others.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,42 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..teachers import TeacherError, compute_labels  # one checked teacher call per frame
-from .hdf5 import DatasetWriter, read_header
-
-
-def read_structures(path: str | os.PathLike) -> list:
-    """All frames of any ASE-readable file; clear errors for a missing, unreadable or empty file."""
-    import ase.io
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such structure file: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty: it contains no structures")
-    try:
-        frames = ase.io.read(path, index=":")
-    except Exception as exc:  # ASE raises many types for a bad file; all mean "cannot read it"
-        raise ValueError(f"cannot read structures from {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(frames, list):
-        frames = [frames]
-    if not frames:
-        raise ValueError(f"{path} contains no structures")
-    return frames
-
-
-def fingerprint(frames: list) -> str:
-    """sha256 of every frame's atomic numbers, positions, cell and pbc (what the labels depend on)."""
-    h = hashlib.sha256()
-    for atoms in frames:
-        for a in (
-            atoms.numbers.astype(np.int64),
-            atoms.positions.astype(np.float64),
-            np.asarray(atoms.cell, dtype=np.float64),
-            atoms.pbc.astype(bool),
-        ):
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+from ..data.hdf5 import DatasetWriter, read_header
+from ..data.structures import fingerprint, read_structures
+from ..errors import DataError, InputError, OutputExistsError, TeacherError
+from ..io import same_file
 
 
 def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -63,9 +30,9 @@ def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in (text.split("/") if isinstance(text, str) else text))
     except (ValueError, TypeError):
-        raise ValueError(f"--shard expects I/N (e.g. 0/4), got {text!r}") from None
+        raise InputError(f"--shard expects I/N (e.g. 0/4), got {text!r}") from None
     if not 0 <= i < n:
-        raise ValueError(f"--shard {i}/{n}: need 0 <= I < N")
+        raise InputError(f"--shard {i}/{n}: need 0 <= I < N")
     return i, n
 
 
@@ -107,10 +74,14 @@ def label_file(
     from ..teachers import load_teacher, teacher_spec
 
     if batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if not commit_interval > 0:
+        raise InputError(f"--commit-interval must be > 0 seconds, got {commit_interval}")
     options = dict(options or {})
     shard = parse_shard(shard)
-    frames = read_structures(structures)
+    if same_file(out, structures):
+        raise OutputExistsError(f"dataset {out} is also the --structures input; choose another --out")
+    frames = read_structures(structures)  # each frame checked (atoms, finite positions, cell): no teacher yet
     spec = teacher_spec(teacher, options)
     source = {
         "path": str(Path(structures).resolve()),
@@ -119,7 +90,9 @@ def label_file(
         "shard": list(shard),
     }
     out = Path(out)
-    if out.exists():
+    if out.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a dataset file; give a file name", str(out))
+    if out.exists():  # resuming is this command's documented way of writing into an existing file
         _check_same_job(out, spec, source)
 
     provenance = {
@@ -146,13 +119,13 @@ def _check_same_job(out: Path, spec: dict[str, Any], source: dict[str, Any]) -> 
     """Refuse to resume into a file written by another teacher, input or shard."""
     header = read_header(out)
     if header["teacher"] != spec:
-        raise ValueError(
+        raise DataError(
             f"{out} holds labels from teacher {header['teacher']}, not {spec}; "
             "use another --out (or the same teacher and options to resume)"
         )
     old = header["provenance"].get("input", {})
     if old.get("sha256") != source["sha256"]:
-        raise ValueError(
+        raise DataError(
             f"{out} was labelled from a different input ({old.get('path')}, "
             f"{old.get('n_frames')} frames, sha256 {str(old.get('sha256'))[:12]}) than "
             f"{source['path']} ({source['n_frames']} frames, sha256 {source['sha256'][:12]}); "
@@ -160,7 +133,7 @@ def _check_same_job(out: Path, spec: dict[str, Any], source: dict[str, Any]) -> 
         )
     shard = list(old.get("shard") or [0, 1])  # a merged file (shard None) holds the whole input
     if shard != source["shard"]:
-        raise ValueError(
+        raise DataError(
             f"{out} holds shard {shard[0]}/{shard[1]}, not {source['shard'][0]}/{source['shard'][1]}"
         )
 
@@ -176,6 +149,8 @@ def _run(
     progress: bool,
 ) -> LabelReport:
     from tqdm.auto import tqdm
+
+    from ..teachers import compute_labels  # one checked teacher call per frame
 
     bar = tqdm(
         total=report.shard_frames,

@@ -5,9 +5,9 @@ see :meth:`SamplingConfig.plan`, which also covers single-atom seeds):
 
 * ``md``: Langevin MD driven by the teacher, one trajectory per temperature. Velocities start from a
   Maxwell-Boltzmann distribution; after ``warmup`` steps, every ``interval``-th step is kept. A
-  trajectory that blows up (teacher error, non-finite forces or positions, kinetic temperature above
-  ``BLOWUP_FACTOR`` x target; checked every step) stops with a :class:`SamplingWarning`; nothing after
-  the last good frame is kept.
+  trajectory that blows up (a teacher error, or any rule of :class:`mlff_calc.blowup.BlowUpWatch`, the
+  detector ``mlff-calc md`` uses too; checked every step) stops with a :class:`SamplingWarning`; nothing
+  after the last good frame is kept.
 * ``rattle``: the seed with Gaussian displacements, std drawn per frame in [0.5, 1.5] x ``rattle`` (Å).
 * ``strain`` (fully periodic seeds only): the cell deformed by a random symmetric strain with
   components in [-``strain``, ``strain``], atoms scaled with it, then rattled like ``rattle`` frames
@@ -29,7 +29,6 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
@@ -38,7 +37,9 @@ from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 
-from ..neighbors import check_cell
+from ..blowup import BlowUpWatch
+from ..data.structures import read_structures
+from ..errors import InputError, MDBlowUp
 
 try:  # ASE >= 3.29 (MaxwellBoltzmannDistribution is deprecated there)
     from ase.md.velocitydistribution import thermalize_momenta
@@ -48,7 +49,6 @@ except ImportError:  # pragma: no cover - older ASE
     def thermalize_momenta(atoms, temperature_K, *, rng=None):
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
 
-BLOWUP_FACTOR = 10.0  # an MD trajectory hotter than this many times its target has blown up
 _MODE_IDS = {"md": 0, "rattle": 1, "strain": 2, "seed": 3}
 _KEPT_INFO = ("charge", "spin", "multiplicity")  # electronic state, not a label
 _KEPT_ARRAYS = ("initial_charges", "initial_magmoms")
@@ -56,10 +56,6 @@ _KEPT_ARRAYS = ("initial_charges", "initial_magmoms")
 
 class SamplingWarning(UserWarning):
     """An MD trajectory was stopped early (blow-up); the frames before it are kept."""
-
-
-class _BlowUp(Exception):
-    """Raised by the per-step check inside an MD run; carries the reason."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +88,7 @@ class SamplingConfig:
         ]
         for ok, message, value in checks:
             if not ok:
-                raise ValueError(f"{message}, got {value}")
+                raise InputError(f"{message}, got {value}")
 
     def plan(self, atoms: Atoms) -> list[tuple[str, float, int, int]]:
         """``[(mode, temperature, stream, n_frames)]`` for the seed ``atoms``.
@@ -113,40 +109,16 @@ class SamplingConfig:
         return [(*mode, n) for mode, n in zip(modes, split_frames(self.frames, len(modes))) if n > 0]
 
 
-def read_structures(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Atoms]]:
-    """Every frame of every file, as ``[(source "file@index", atoms)]``.
+def read_seed_files(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Atoms]]:
+    """Every frame of every file, as ``[(source "file@index", atoms)]`` (read with ``read_structures``).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unreadable or empty one,
-    or for a structure no teacher can use (no atoms, non-finite positions, pbc with a degenerate cell).
+    Raises ``FileNotFoundError`` for a missing file and ``InputError`` (a ``ValueError``) for an unreadable
+    or empty one, or for a structure no teacher can use (no atoms, non-finite positions, a bad cell).
     """
-    from ase.io import read
-
     if not paths:
-        raise ValueError("no structure files given")
-    seeds = []
-    for path in map(str, paths):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"structure file not found: {path}")
-        try:
-            frames = read(path, index=":")
-        except Exception as exc:  # ASE raises many kinds for bad input; all mean "cannot read this"
-            raise ValueError(f"cannot read structures from {path}: {type(exc).__name__}: {exc}") from exc
-        if not frames:
-            raise ValueError(f"no structures in {path}")
-        for i, atoms in enumerate(frames):
-            source = f"{path}@{i}"
-            check_structure(atoms, source)
-            seeds.append((source, atoms))
-    return seeds
-
-
-def check_structure(atoms: Atoms, source: str) -> None:
-    """``ValueError`` naming ``source`` for an empty structure, non-finite positions or a bad periodic cell."""
-    if len(atoms) == 0:
-        raise ValueError(f"{source}: structure has no atoms")
-    if not np.isfinite(atoms.positions).all():
-        raise ValueError(f"{source}: non-finite positions")
-    check_cell(atoms.cell.array, atoms.pbc, where=f" of {source}")
+        raise InputError("no structure files given")
+    return [(f"{path}@{i}", atoms) for path in map(str, paths)
+            for i, atoms in enumerate(read_structures(path))]
 
 
 def split_frames(total: int, n_modes: int) -> list[int]:
@@ -212,20 +184,16 @@ def md_frames(
     dyn = Langevin(work, timestep=config.timestep * units.fs, temperature_K=temperature,
                    friction=config.friction / units.fs, fixcm=False, rng=rng)
 
-    def check() -> None:  # after every step: stop at the first bad one, not at the next kept frame
-        reason = _blowup_reason(work, temperature)
-        if reason:
-            raise _BlowUp(reason)
-
-    dyn.attach(check, interval=1)
+    watch = BlowUpWatch(work, temperature)
+    dyn.attach(lambda: watch.check(dyn.nsteps), interval=1)  # every step: stop at the first bad one
     where = f"MD of {label} at {temperature:g} K" if label else f"MD at {temperature:g} K"
     for k in range(1, n_frames + 1):
         steps = config.interval + (config.warmup if k == 1 else 0)
         reason = None
         try:
             dyn.run(steps)
-        except _BlowUp as exc:
-            reason = str(exc)
+        except MDBlowUp as exc:
+            reason = exc.reason
         except Exception as exc:  # a teacher failing on a distorted geometry mid-run
             reason = f"the teacher raised {type(exc).__name__}: {exc}"
         if reason:
@@ -235,17 +203,6 @@ def md_frames(
         frame = _bare_copy(atoms, work.positions, work.cell.array)
         frame.info.update(step=int(dyn.nsteps), kinetic_temperature=float(work.get_temperature()))
         yield frame
-
-
-def _blowup_reason(atoms: Atoms, temperature: float) -> str | None:
-    if not np.isfinite(atoms.positions).all():
-        return "non-finite positions"
-    if not np.isfinite(atoms.get_forces()).all():
-        return "non-finite forces"
-    kinetic = atoms.get_temperature()
-    if not np.isfinite(kinetic) or kinetic > BLOWUP_FACTOR * temperature:
-        return f"kinetic temperature {kinetic:.0f} K > {BLOWUP_FACTOR:g} x target"
-    return None
 
 
 def rattle_frames(atoms: Atoms, n_frames: int, std: float, rng: np.random.Generator) -> Iterator[Atoms]:
@@ -267,7 +224,7 @@ def strain_frames(
     kept, i.e. atoms move with the cell.
     """
     if not atoms.pbc.all():
-        raise ValueError("strain frames need a fully periodic structure")
+        raise InputError("strain frames need a fully periodic structure")
     frac = atoms.get_scaled_positions(wrap=False)
     for k in range(n_frames):
         eps = rng.uniform(-max_strain, max_strain, size=(3, 3))
@@ -289,37 +246,3 @@ def _bare_copy(atoms: Atoms, positions: np.ndarray, cell: np.ndarray) -> Atoms:
             frame.set_array(name, atoms.arrays[name].copy())
     frame.info.update({k: atoms.info[k] for k in _KEPT_INFO if k in atoms.info})
     return frame
-
-
-def write_frames(path: str | os.PathLike, frames: Iterator[Atoms]) -> int:
-    """Write ``frames`` to ``path`` as extended XYZ; return how many.
-
-    Frames go to ``<stem>.partial<suffix>`` next to ``path``, each flushed as it comes, and the file is
-    renamed to ``path`` only when all are written. If sampling fails or is interrupted, the partial file
-    keeps every frame made so far (its name is in the re-raised exception's notes) and ``path`` is untouched.
-    """
-    from ase.io import write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.partial{path.suffix or '.extxyz'}")
-    count = 0
-    try:
-        with open(partial, "w") as fh:
-            for frame in frames:
-                write(fh, frame, format="extxyz")
-                fh.flush()
-                count += 1
-            os.fsync(fh.fileno())
-    except BaseException as exc:
-        if count:
-            note = f"{count} frames written before the failure are kept in {partial}"
-            if hasattr(exc, "add_note"):  # Python >= 3.11
-                exc.add_note(note)
-            else:
-                warnings.warn(note, SamplingWarning, stacklevel=2)
-        else:
-            partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
-    return count
