@@ -14,7 +14,7 @@ import sys
 from .. import __version__
 
 # Sub-commands in the order ``mlff-calc --help`` lists them (a module missing here is skipped).
-COMMANDS = ("distill", "sample", "label", "dataset", "train", "md", "compare")
+COMMANDS = ("distill", "sample", "label", "dataset", "train", "md", "compare", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
