@@ -26,7 +26,9 @@ from mlff_calc.integrations.ipi import run_simulation
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="student.pt (driver ase) or an exported file (metatomic)")
+    parser.add_argument(
+        "--model", required=True, help="student.pt (driver ase) or an exported file (metatomic)"
+    )
     parser.add_argument("--structure", required=True, help="starting structure, any ASE-readable file")
     parser.add_argument("--driver", choices=("ase", "metatomic"), default="ase")
     parser.add_argument("--workdir", default="ipi_run", help="where input.xml and i-PI's outputs go")
@@ -41,15 +43,28 @@ def main() -> None:
         args.steps = 20
 
     atoms = read(args.structure)
-    run = run_simulation(args.model, atoms, args.workdir, steps=args.steps, temperature=args.temperature,
-                         timestep=args.timestep, seed=args.seed, device=args.device, driver=args.driver,
-                         timeout=max(300.0, 0.5 * args.steps))
+    run = run_simulation(
+        args.model,
+        atoms,
+        args.workdir,
+        steps=args.steps,
+        temperature=args.temperature,
+        timestep=args.timestep,
+        seed=args.seed,
+        device=args.device,
+        driver=args.driver,
+        timeout=max(300.0, 0.5 * args.steps),
+    )
     step, _, conserved, temperature, potential = run.properties.T
     half = len(step) // 2
-    print(f"i-PI NVT with the student ({args.driver} driver): {int(step[-1])} steps of {args.timestep:g} fs of "
-          f"{len(atoms)} atoms in {run.wall_s:.1f} s")
-    print(f"potential energy: {potential[0]:.4f} -> {potential[-1]:.4f} eV; mean temperature (second half): "
-          f"{np.mean(temperature[half:]):.1f} K")
+    print(
+        f"i-PI NVT with the student ({args.driver} driver): {int(step[-1])} steps of {args.timestep:g} fs of "
+        f"{len(atoms)} atoms in {run.wall_s:.1f} s"
+    )
+    print(
+        f"potential energy: {potential[0]:.4f} -> {potential[-1]:.4f} eV; mean temperature (second half): "
+        f"{np.mean(temperature[half:]):.1f} K"
+    )
     print(f"i-PI and the driver exited cleanly; outputs: {run.output}, {run.trajectory}")
 
 

@@ -6,7 +6,7 @@ then an NVE continuation that reports the energy drift of each structure. ``mlff
 with several ``--structure`` files (or ``--all-frames``).
 
     python md_examples/05_torchsim_batch.py --model runs/my_system/student.pt --structures frames.extxyz
-    python md_examples/05_torchsim_batch.py --model student.pt --structures mol.xyz --replicas 64 --device cuda
+    python md_examples/05_torchsim_batch.py --model student.pt --structures m.xyz --replicas 64 --device cuda
     python md_examples/05_torchsim_batch.py ... --smoke        # a few steps (also when $CI is set)
 """
 
@@ -42,24 +42,53 @@ def main() -> None:
     print(f"{len(structures)} structures, {sum(len(a) for a in structures)} atoms, on {model.device}")
 
     # 1. Plain torch-sim: the student is an ordinary ModelInterface. torch-sim's metal units: timestep in ps.
-    final = ts.integrate(system=structures, model=model, integrator=ts.integrators.nvt_langevin,
-                         n_steps=args.steps, temperature=args.temperature, timestep=args.timestep * 1e-3)
-    print(f"ts.integrate: {args.steps} NVT steps, final potential energies (eV): "
-          f"{np.array2string(final.energy.detach().cpu().numpy()[:4], precision=3)} ...")
+    final = ts.integrate(
+        system=structures,
+        model=model,
+        integrator=ts.integrators.nvt_langevin,
+        n_steps=args.steps,
+        temperature=args.temperature,
+        timestep=args.timestep * 1e-3,
+    )
+    print(
+        f"ts.integrate: {args.steps} NVT steps, final potential energies (eV): "
+        f"{np.array2string(final.energy.detach().cpu().numpy()[:4], precision=3)} ..."
+    )
 
     # 2. The same batch with logging and blow-up checks, then NVE from the thermalised states.
-    nvt = run_batched_md(structures, model, ensemble="nvt", temperature=args.temperature,
-                         timestep=args.timestep, steps=args.steps, interval=args.interval, seed=args.seed)
+    nvt = run_batched_md(
+        structures,
+        model,
+        ensemble="nvt",
+        temperature=args.temperature,
+        timestep=args.timestep,
+        steps=args.steps,
+        interval=args.interval,
+        seed=args.seed,
+    )
     print(nvt.summary())
-    nve = run_batched_md(nvt.final, model, ensemble="nve", timestep=args.timestep, steps=args.steps,
-                         interval=args.interval, momenta=[a.get_momenta() for a in nvt.final])
+    nve = run_batched_md(
+        nvt.final,
+        model,
+        ensemble="nve",
+        timestep=args.timestep,
+        steps=args.steps,
+        interval=args.interval,
+        momenta=[a.get_momenta() for a in nvt.final],
+    )
     drift = nve.drift_mev_per_atom_ps()
-    print(f"NVE drift (meV/atom/ps) over {len(drift)} structures: median {np.median(np.abs(drift)):.4f}, "
-          f"max {np.abs(drift).max():.4f}")
-    print(f"throughput: {nve.atom_steps_per_s:.4g} atom-steps/s ({nve.model_calls} model calls for "
-          f"{nve.steps_done} steps)")
-    print(f"one-line equivalent: mlff-calc md --model {args.model} --structure {args.structures} --all-frames "
-          f"--steps {args.steps}")
+    print(
+        f"NVE drift (meV/atom/ps) over {len(drift)} structures: median {np.median(np.abs(drift)):.4f}, "
+        f"max {np.abs(drift).max():.4f}"
+    )
+    print(
+        f"throughput: {nve.atom_steps_per_s:.4g} atom-steps/s ({nve.model_calls} model calls for "
+        f"{nve.steps_done} steps)"
+    )
+    print(
+        f"one-line equivalent: mlff-calc md --model {args.model} --structure {args.structures} --all-frames "
+        f"--steps {args.steps}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,13 +10,25 @@ HELP = "export a trained student for other MD engines (metatomic: LAMMPS, i-PI, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="student.pt", help="student checkpoint (mlff-calc train)")
-    parser.add_argument("--format", choices=("metatomic",), default="metatomic",
-                        help="output format (default: metatomic, a TorchScript AtomisticModel)")
+    parser.add_argument(
+        "--format",
+        choices=("metatomic",),
+        default="metatomic",
+        help="output format (default: metatomic, a TorchScript AtomisticModel)",
+    )
     parser.add_argument("--out", required=True, metavar="OUT.pt", help="exported model file")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
-                        help="precision of the exported model (default: float64)")
-    parser.add_argument("--devices", default="cuda,cpu", metavar="LIST",
-                        help="supported devices in order of preference (default: cuda,cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float64",
+        help="precision of the exported model (default: float64)",
+    )
+    parser.add_argument(
+        "--devices",
+        default="cuda,cpu",
+        metavar="LIST",
+        help="supported devices in order of preference (default: cuda,cpu)",
+    )
     parser.add_argument("--name", default="", help="model name stored in the metadata")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT.pt if it exists")
 
@@ -40,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     export_metatomic(atomistic, out)
     caps = atomistic.capabilities()
     print(f"exported {model} -> {out} (metatomic, {caps.dtype}, devices {devices})")
-    print(f"atomic types {list(caps.atomic_types)}, interaction range {caps.interaction_range:g} Å, "
-          f"energy in eV")
+    print(
+        f"atomic types {list(caps.atomic_types)}, interaction range {caps.interaction_range:g} Å, "
+        f"energy in eV"
+    )
     return 0

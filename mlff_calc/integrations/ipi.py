@@ -39,7 +39,7 @@ def new_address(tag: str = "mlffcalc") -> str:
 
 
 def ipi_cell(atoms: Atoms, padding: float = 10.0) -> Atoms:
-    """i-PI needs a cell: a molecule gets a box ``padding`` Å wider than it (the driver ignores it: no pbc)."""
+    """i-PI needs a cell: a molecule gets a box ``padding`` Å wider than itself (unused by the driver)."""
     atoms = atoms.copy()
     if not atoms.pbc.any() and abs(np.linalg.det(atoms.cell.array)) < 1e-6:
         extent = atoms.positions.max(axis=0) - atoms.positions.min(axis=0)
@@ -94,8 +94,14 @@ def nvt_input(
 """
 
 
-def run_driver(model: str | Path, structure: str | Path, address: str, device: str = "auto",
-               dtype: str = "float64", connect_timeout: float = 60.0) -> int:
+def run_driver(
+    model: str | Path,
+    structure: str | Path,
+    address: str,
+    device: str = "auto",
+    dtype: str = "float64",
+    connect_timeout: float = 60.0,
+) -> int:
     """Serve forces to i-PI until it ends the run; returns the number of force evaluations."""
     from ase.calculators.socketio import SocketClient
     from ase.io import read
@@ -127,17 +133,40 @@ def wait_for_socket(address: str, timeout: float, process: subprocess.Popen | No
         time.sleep(0.05)
 
 
-def driver_command(driver: str, model: str | Path, structure: str, address: str, device: str,
-                   dtype: str) -> list[str]:
+def driver_command(
+    driver: str, model: str | Path, structure: str, address: str, device: str, dtype: str
+) -> list[str]:
     """The driver process: ours (ASE ``SocketClient`` + ``StudentCalculator``) or i-PI's metatomic driver."""
     model = str(Path(model).resolve())
     if driver == "ase":
-        return [sys.executable, "-m", "mlff_calc.integrations.ipi", "--model", model, "--structure", structure,
-                "--address", address, "--device", device, "--dtype", dtype]
+        return [
+            sys.executable,
+            "-m",
+            "mlff_calc.integrations.ipi",
+            "--model",
+            model,
+            "--structure",
+            structure,
+            "--address",
+            address,
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+        ]
     if driver == "metatomic":
         script = Path(sys.executable).with_name("i-pi-py_driver")
-        return [sys.executable, str(script), "-u", "-a", address, "-m", "metatomic",
-                "-o", f"template={structure},model={model},device={device}"]
+        return [
+            sys.executable,
+            str(script),
+            "-u",
+            "-a",
+            address,
+            "-m",
+            "metatomic",
+            "-o",
+            f"template={structure},model={model},device={device}",
+        ]
     raise ValueError(f"driver must be 'ase' or 'metatomic', got {driver!r}")
 
 
@@ -156,7 +185,11 @@ class IPIRun:
 
 def read_properties(path: str | Path) -> np.ndarray:
     """i-PI's ``.out`` table as an array (comment lines skipped)."""
-    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    rows = [
+        line.split()
+        for line in Path(path).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     return np.asarray(rows, dtype=float).reshape(len(rows), -1)
 
 
@@ -165,7 +198,9 @@ def ipi_command() -> list[str]:
     local = Path(sys.executable).with_name("i-pi")
     found = str(local) if local.exists() else shutil.which("i-pi")
     if found is None:
-        raise FileNotFoundError("the i-pi program was not found; install the 'engines' extra (pip install ipi)")
+        raise FileNotFoundError(
+            "the i-pi program was not found; install the 'engines' extra (pip install ipi)"
+        )
     return [sys.executable, found]
 
 
@@ -203,11 +238,18 @@ def run_simulation(
     ipi = client = None
     start = time.perf_counter()
     try:
-        ipi = subprocess.Popen([*ipi_command(), "input.xml"], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                               env=env)
+        ipi = subprocess.Popen(
+            [*ipi_command(), "input.xml"], cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         wait_for_socket(address, timeout=60.0, process=ipi)
-        client = subprocess.Popen(driver_command(driver, model, init.name, address, device, dtype), cwd=workdir,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        client = subprocess.Popen(
+            driver_command(driver, model, init.name, address, device, dtype),
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         driver_out, _ = client.communicate(timeout=timeout)
         if client.returncode != 0:  # i-PI would wait for a driver forever: stop it now (finally)
             raise RuntimeError(f"the i-PI driver failed (exit {client.returncode}):\n{driver_out[-3000:]}")
@@ -223,23 +265,38 @@ def run_simulation(
     output = workdir / "simulation.out"
     if ipi.returncode != 0 or client.returncode != 0 or not output.exists():
         tail = (workdir / "ipi.log").read_text()[-2000:]
-        raise RuntimeError(f"i-PI run failed (i-pi exit {ipi.returncode}, driver exit {client.returncode}):\n"
-                           f"--- i-pi ---\n{tail}\n--- driver ---\n{driver_out[-2000:]}")
-    return IPIRun(ipi.returncode, client.returncode, read_properties(output), output,
-                  workdir / "simulation.pos_0.xyz", wall, driver_out)
+        raise RuntimeError(
+            f"i-PI run failed (i-pi exit {ipi.returncode}, driver exit {client.returncode}):\n"
+            f"--- i-pi ---\n{tail}\n--- driver ---\n{driver_out[-2000:]}"
+        )
+    return IPIRun(
+        ipi.returncode,
+        client.returncode,
+        read_properties(output),
+        output,
+        workdir / "simulation.pos_0.xyz",
+        wall,
+        driver_out,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlff_calc.integrations.ipi",
-                                     description="the student as an i-PI force driver (ASE SocketClient)")
+    parser = argparse.ArgumentParser(
+        prog="python -m mlff_calc.integrations.ipi",
+        description="the student as an i-PI force driver (ASE SocketClient)",
+    )
     parser.add_argument("--model", required=True, help="student checkpoint (student.pt)")
-    parser.add_argument("--structure", required=True, help="the structure i-PI simulates (atoms in its order)")
+    parser.add_argument(
+        "--structure", required=True, help="the structure i-PI simulates (atoms in its order)"
+    )
     parser.add_argument("--address", required=True, help="i-PI <address>: the socket is /tmp/ipi_<address>")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the socket")
     args = parser.parse_args(argv)
-    calls = run_driver(args.model, args.structure, args.address, args.device, args.dtype, args.connect_timeout)
+    calls = run_driver(
+        args.model, args.structure, args.address, args.device, args.dtype, args.connect_timeout
+    )
     print(f"i-PI driver: {calls} force evaluations, clean exit")
     return 0
 

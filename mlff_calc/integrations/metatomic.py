@@ -58,8 +58,9 @@ class StudentEnergy(torch.nn.Module):
         self.register_buffer("scale", model.scale.detach().clone())
         self.register_buffer("shift", model.shift.detach().clone())
         self.cutoff = float(model.cutoff)
-        self.neighbors = NeighborListOptions(cutoff=self.cutoff, full_list=True, strict=True,
-                                             requestor="mlff_calc student")
+        self.neighbors = NeighborListOptions(
+            cutoff=self.cutoff, full_list=True, strict=True, requestor="mlff_calc student"
+        )
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [self.neighbors]
@@ -123,8 +124,9 @@ class StudentEnergy(torch.nn.Module):
                 ["system"], torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)
             )
         block = TensorBlock(values=values, samples=samples, components=[], properties=properties)
-        results["energy"] = TensorMap(Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device)),
-                                      [block])
+        results["energy"] = TensorMap(
+            Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device)), [block]
+        )
         return results
 
 
@@ -156,7 +158,8 @@ def student_metadata(model: StudentForceField, name: str = "") -> ModelMetadata:
     config = model.config
     description = (
         f"PaiNN student distilled with mlff_calc from the teacher '{teacher_name}': hidden_dim "
-        f"{config['hidden_dim']}, {config['num_interactions']} interaction blocks, cutoff {config['cutoff']} Å. "
+        f"{config['hidden_dim']}, {config['num_interactions']} interaction blocks, "
+        f"cutoff {config['cutoff']} Å. "
         "Energy in eV; forces and stress are its derivatives (conservative)."
     )
     extra = {
@@ -206,11 +209,19 @@ def to_atomistic_model(
             "the atomic types the student was trained on; export a checkpoint written by mlff-calc train"
         )
     torch_dtype = resolve_dtype(dtype)
-    student = copy.deepcopy(source).to(device="cpu", dtype=torch_dtype).eval()  # the caller's model is untouched
+    student = (
+        copy.deepcopy(source).to(device="cpu", dtype=torch_dtype).eval()
+    )  # the caller's model is untouched
     energy = StudentEnergy(student).to(torch_dtype).eval()
     capabilities = ModelCapabilities(
-        outputs={"energy": ModelOutput(unit="eV", sample_kind="atom", explicit_gradients=[],
-                                       description="student energy (per atom on request)")},
+        outputs={
+            "energy": ModelOutput(
+                unit="eV",
+                sample_kind="atom",
+                explicit_gradients=[],
+                description="student energy (per atom on request)",
+            )
+        },
         atomic_types=sorted(int(z) for z in elements),
         interaction_range=float(student.cutoff * student.num_interactions),
         length_unit="angstrom",

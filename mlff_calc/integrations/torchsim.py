@@ -110,8 +110,10 @@ class StudentModel(ModelInterface):
         if bool(unseen.any()):
             idx = int(torch.nonzero(unseen)[0, 0])
             z = int(numbers[idx])
-            raise InputError(f"atom {idx} is {chemical_symbols[z]} (Z={z}), an element this model never saw in "
-                             f"training (it knows {element_list(self._elements.tolist())})")
+            raise InputError(
+                f"atom {idx} is {chemical_symbols[z]} (Z={z}), an element this model never saw in "
+                f"training (it knows {element_list(self._elements.tolist())})"
+            )
         self._checked = key
 
     def forward(self, state: SimState | dict, **kwargs) -> dict[str, torch.Tensor]:
@@ -126,7 +128,12 @@ class StudentModel(ModelInterface):
         cell = state.row_vector_cell.to(device=self._device, dtype=self._dtype)
         positions = state.positions.to(device=self._device, dtype=self._dtype)
         energy, forces, stress = _student_energy_forces_stress(
-            self.model, positions, cell, pbc, numbers, state.system_idx.to(self._device),
+            self.model,
+            positions,
+            cell,
+            pbc,
+            numbers,
+            state.system_idx.to(self._device),
             self._compute_stress,
         )
         self.n_calls += 1
@@ -182,7 +189,8 @@ class BatchedMDResult:
 
     def summary(self) -> str:
         lines = [
-            f"{self.ensemble.upper()} (torch-sim, one batch): {self.n_systems} structures, {sum(self.n_atoms)} "
+            f"{self.ensemble.upper()} (torch-sim, one batch): {self.n_systems} structures, "
+            f"{sum(self.n_atoms)} "
             f"atoms, {self.steps_done} steps of {self.timestep_fs:g} fs in {self.wall_s:.1f} s "
             f"({self.atom_steps_per_s:.4g} atom-steps/s, {self.model_calls} model calls)",
             f"temperature (last frame): mean {self.temperatures[-1].mean():.1f} K, "
@@ -190,7 +198,9 @@ class BatchedMDResult:
         ]
         if self.ensemble == "nve":
             drift = self.drift_mev_per_atom_ps()
-            lines.append(f"total energy drift: max |{np.abs(drift).max():.4f}| meV/atom/ps over the structures")
+            lines.append(
+                f"total energy drift: max |{np.abs(drift).max():.4f}| meV/atom/ps over the structures"
+            )
         return "\n".join(lines)
 
 
@@ -281,10 +291,18 @@ def run_batched_md(
         wall = time.perf_counter() - start
     final = _to_atoms(state, structures)
     return BatchedMDResult(
-        ensemble=ensemble, n_systems=len(structures), n_atoms=n_atoms, timestep_fs=float(timestep),
-        steps_done=steps, times_ps=np.asarray(frames["t"]), potential_energies=np.asarray(frames["epot"]),
-        kinetic_energies=np.asarray(frames["ekin"]), temperatures=np.asarray(frames["T"]), wall_s=wall,
-        model_calls=model.n_calls - calls0, final=final,
+        ensemble=ensemble,
+        n_systems=len(structures),
+        n_atoms=n_atoms,
+        timestep_fs=float(timestep),
+        steps_done=steps,
+        times_ps=np.asarray(frames["t"]),
+        potential_energies=np.asarray(frames["epot"]),
+        kinetic_energies=np.asarray(frames["ekin"]),
+        temperatures=np.asarray(frames["T"]),
+        wall_s=wall,
+        model_calls=model.n_calls - calls0,
+        final=final,
     )
 
 
@@ -295,12 +313,21 @@ def _record(frames, step, timestep, state, dof, structures, callback) -> None:
     if bool(bad_atoms.any()) or bool((fmax > MAX_FORCE).any()):
         atom = int(torch.nonzero(bad_atoms | (fmax > MAX_FORCE))[0, 0])
         system = int(state.system_idx[atom])
-        what = "non-finite forces or positions" if bool(bad_atoms[atom]) else f"a force of {float(fmax[atom]):.3g} eV/Å"
-        raise MDBlowUp(f"MD blew up at step {step}: {what} in structure {system} ({structures[system].get_chemical_formula()})",
-                       step=step, reason=what)
+        what = (
+            "non-finite forces or positions"
+            if bool(bad_atoms[atom])
+            else f"a force of {float(fmax[atom]):.3g} eV/Å"
+        )
+        raise MDBlowUp(
+            f"MD blew up at step {step}: {what} in structure {system} "
+            f"({structures[system].get_chemical_formula()})",
+            step=step,
+            reason=what,
+        )
     ekin_atom = 0.5 * (state.momenta**2).sum(dim=1) / state.masses
     ekin = torch.zeros(dof.shape[0], dtype=ekin_atom.dtype, device=ekin_atom.device).index_add(
-        0, state.system_idx, ekin_atom)
+        0, state.system_idx, ekin_atom
+    )
     frames["t"].append(step * timestep * 1e-3)
     frames["epot"].append(state.energy.detach().cpu().double().numpy())
     frames["ekin"].append(ekin.cpu().double().numpy())
@@ -344,8 +371,10 @@ def run_cli(args) -> int:
     from ..io import atomic_write, check_output
 
     if args.ensemble not in ("nvt", "nve") or (args.ensemble == "nvt" and args.thermostat != "langevin"):
-        raise InputError("several structures run as one torch-sim batch: --ensemble nvt (Langevin) or nve only; "
-                         f"got --ensemble {args.ensemble} --thermostat {args.thermostat}")
+        raise InputError(
+            "several structures run as one torch-sim batch: --ensemble nvt (Langevin) or nve only; "
+            f"got --ensemble {args.ensemble} --thermostat {args.thermostat}"
+        )
     if args.keep_velocities:
         raise InputError("--keep-velocities is not supported for several structures yet")
     model_path = Path(args.model)
@@ -362,7 +391,9 @@ def run_cli(args) -> int:
         structures.extend(frames if isinstance(frames, list) else [frames])
     overwrite = bool(getattr(args, "overwrite", False))
     inputs = [model_path, *paths]
-    trajs = [numbered_path(args.traj, i, len(structures)) for i in range(len(structures))] if args.traj else []
+    trajs = (
+        [numbered_path(args.traj, i, len(structures)) for i in range(len(structures))] if args.traj else []
+    )
     for path in trajs + ([Path(args.log)] if args.log else []):
         check_output(path, overwrite=overwrite, inputs=inputs, what="output")
 
@@ -376,9 +407,18 @@ def run_cli(args) -> int:
             w.write(atoms)
 
     try:
-        result = run_batched_md(structures, model, ensemble=args.ensemble, temperature=args.temperature,
-                                timestep=args.timestep, steps=args.steps, interval=args.interval, seed=args.seed,
-                                friction=args.friction, frame_callback=write_frames)
+        result = run_batched_md(
+            structures,
+            model,
+            ensemble=args.ensemble,
+            temperature=args.temperature,
+            timestep=args.timestep,
+            steps=args.steps,
+            interval=args.interval,
+            seed=args.seed,
+            friction=args.friction,
+            frame_callback=write_frames,
+        )
     finally:
         for w in writers:
             w.close()
@@ -388,8 +428,10 @@ def run_cli(args) -> int:
             for f, t in enumerate(result.times_ps):
                 step = int(round(t * 1e3 / args.timestep))
                 for s in range(result.n_systems):
-                    fh.write(f"{step} {t:.6f} {s} {result.potential_energies[f, s]:.8f} "
-                             f"{result.kinetic_energies[f, s]:.8f} {result.temperatures[f, s]:.3f}\n")
+                    fh.write(
+                        f"{step} {t:.6f} {s} {result.potential_energies[f, s]:.8f} "
+                        f"{result.kinetic_energies[f, s]:.8f} {result.temperatures[f, s]:.3f}\n"
+                    )
     print(result.summary())
     if trajs:
         print(f"trajectories: {trajs[0]} ... {trajs[-1]}" if len(trajs) > 1 else f"trajectory: {trajs[0]}")

@@ -36,8 +36,11 @@ def _student() -> StudentForceField:
         model.scale.fill_(0.7)
         model.shift.fill_(-0.3)
         model.atom_ref[ELEMENTS] = torch.tensor([-13.6, -1027.0, -2041.0, -7.5, -1.2])
-    model.metadata = {"elements": ELEMENTS, "teacher": {"name": "emt", "options": {}},
-                      "data": {"n_frames": 40, "elements": ELEMENTS}}
+    model.metadata = {
+        "elements": ELEMENTS,
+        "teacher": {"name": "emt", "options": {}},
+        "data": {"n_frames": 40, "elements": ELEMENTS},
+    }
     return model
 
 
@@ -56,8 +59,10 @@ def checkpoint(student, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint):
     """``{dtype: path}`` of the checkpoint exported in float64 and float32."""
-    return {dtype: export_metatomic(checkpoint, checkpoint.parent / f"student-{dtype}.pt", dtype=dtype)
-            for dtype in ("float64", "float32")}
+    return {
+        dtype: export_metatomic(checkpoint, checkpoint.parent / f"student-{dtype}.pt", dtype=dtype)
+        for dtype in ("float64", "float32")
+    }
 
 
 def _assert_close(actual, expected, what, rtol=RTOL):
@@ -70,20 +75,28 @@ def _assert_close(actual, expected, what, rtol=RTOL):
 def _properties(atoms, calc) -> dict:
     atoms = atoms.copy()
     atoms.calc = calc
-    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
-           "energies": atoms.get_potential_energies()}
+    out = {
+        "energy": atoms.get_potential_energy(),
+        "forces": atoms.get_forces(),
+        "energies": atoms.get_potential_energies(),
+    }
     if atoms.pbc.all():
         out["stress"] = atoms.get_stress()
     return out
 
 
-@pytest.mark.parametrize("build", [organic_molecule, small_triclinic_cell, slab],
-                         ids=["molecule", "triclinic-below-cutoff", "slab"])
+@pytest.mark.parametrize(
+    "build",
+    [organic_molecule, small_triclinic_cell, slab],
+    ids=["molecule", "triclinic-below-cutoff", "slab"],
+)
 def test_parity_float64(build, student, exported):
     atoms = build()
     ours = _properties(atoms, StudentCalculator(student, device="cpu", dtype="float64"))
-    theirs = _properties(atoms, metatomic_ase.MetatomicCalculator(str(exported["float64"]), device="cpu",
-                                                                  check_consistency=True))
+    theirs = _properties(
+        atoms,
+        metatomic_ase.MetatomicCalculator(str(exported["float64"]), device="cpu", check_consistency=True),
+    )
     assert set(theirs) == set(ours)
     for key in ours:
         _assert_close(theirs[key], ours[key], key)
@@ -141,7 +154,8 @@ def test_capabilities_and_metadata(student):
 
 
 def test_selected_atoms_domain_decomposition(exported):
-    """LAMMPS passes local + ghost atoms and selects the local ones: their energies only, ghosts as neighbours."""
+    """LAMMPS passes local + ghost atoms and selects the local ones: only their energies count; the ghosts
+    still act as neighbours of the selected atoms."""
     from metatensor.torch import Labels
     from metatomic.torch import ModelEvaluationOptions, ModelOutput, load_atomistic_model, systems_to_torch
     from vesin.metatomic import neighbor_lists_for_model
@@ -153,8 +167,10 @@ def test_selected_atoms_domain_decomposition(exported):
 
     def energy(per_atom: bool, selected=None):
         options = ModelEvaluationOptions(
-            length_unit="angstrom", selected_atoms=selected,
-            outputs={"energy": ModelOutput(unit="eV", sample_kind="atom" if per_atom else "system")})
+            length_unit="angstrom",
+            selected_atoms=selected,
+            outputs={"energy": ModelOutput(unit="eV", sample_kind="atom" if per_atom else "system")},
+        )
         return model([system], options, check_consistency=True)["energy"].block()
 
     all_atoms = energy(True)
@@ -183,8 +199,14 @@ def test_loads_without_mlff_calc(exported, student):
     )
     payload = json.dumps({"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist()})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code, payload, str(exported["float64"])], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=exported["float64"].parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, payload, str(exported["float64"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=exported["float64"].parent,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_close(float(proc.stdout.strip().splitlines()[-1]), expected, "energy in a fresh process")
 

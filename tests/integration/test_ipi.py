@@ -45,12 +45,16 @@ def test_ipi_metatomic_driver_matches_ase_driver(tiny_student, tiny_student_stru
     from mlff_calc.integrations.metatomic import export_metatomic
 
     exported = export_metatomic(tiny_student, tmp_path / "student-mta.pt", dtype="float64")
-    runs = {driver: run_simulation(model, tiny_student_structure, tmp_path / driver, steps=STEPS, timeout=120,
-                                   driver=driver)
-            for driver, model in (("ase", tiny_student), ("metatomic", exported))}
+    runs = {
+        driver: run_simulation(
+            model, tiny_student_structure, tmp_path / driver, steps=STEPS, timeout=120, driver=driver
+        )
+        for driver, model in (("ase", tiny_student), ("metatomic", exported))
+    }
     _check_run(runs["metatomic"], len(tiny_student_structure))
     assert "Received exit message from i-PI" in runs["metatomic"].driver_stdout
-    # Same potential energies to ~1e-6 relative: the drivers convert Bohr <-> Å with slightly different constants.
+    # Same potential energies to ~1e-6 relative: the drivers convert Bohr <-> Å with slightly different
+    # constants.
     np.testing.assert_allclose(runs["metatomic"].properties[:, 4], runs["ase"].properties[:, 4], rtol=1e-5)
 
 
@@ -66,15 +70,20 @@ def test_input_is_valid_for_ipi(tmp_path, tiny_student_structure):
     """i-PI parses the generated input (it opens the socket), then is stopped: no driver needed."""
     write(tmp_path / "init.extxyz", tiny_student_structure)
     xml = nvt_input("init.extxyz", f"mlffcalc_{os.getpid()}_parse", steps=5, nbeads=4)
-    assert "<ffsocket name=\"student\" mode=\"unix\"" in xml and "nbeads=\"4\"" in xml
+    assert '<ffsocket name="student" mode="unix"' in xml and 'nbeads="4"' in xml
     (tmp_path / "input.xml").write_text(xml)
-    proc = subprocess.Popen([*ipi_command(), "input.xml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*ipi_command(), "input.xml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     socket = Path(SOCKET_PREFIX + f"mlffcalc_{os.getpid()}_parse")
     try:
         from mlff_calc.integrations.ipi import wait_for_socket
 
-        wait_for_socket(socket.name[len("ipi_"):], timeout=60, process=proc)
+        wait_for_socket(socket.name[len("ipi_") :], timeout=60, process=proc)
         assert socket.exists()
     finally:
         proc.kill()
@@ -87,8 +96,22 @@ def test_example_04_ipi_nvt(tiny_student, tmp_path):
     from ase.build import bulk
 
     write(structure, bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2))
-    proc = subprocess.run([sys.executable, str(ROOT / "md_examples" / "04_ipi_nvt.py"), "--model", str(tiny_student),
-                           "--structure", str(structure), "--workdir", str(tmp_path / "run")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180, env={**os.environ, "CI": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "md_examples" / "04_ipi_nvt.py"),
+            "--model",
+            str(tiny_student),
+            "--structure",
+            str(structure),
+            "--workdir",
+            str(tmp_path / "run"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "CI": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{STEPS} steps of 0.5 fs of 32 atoms" in proc.stdout and "exited cleanly" in proc.stdout

@@ -34,7 +34,9 @@ MOLECULES = ["CH3CH2OH", "H2O", "CH4", "C6H6", "NH3", "CH3OH", "HCOOH", "C2H4"] 
 @pytest.fixture(scope="module")
 def student() -> StudentForceField:
     # Small weights: a smooth random surface, so that short MD is well behaved without training.
-    model = randomize_parameters(StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8), seed=2, std=0.1)
+    model = randomize_parameters(
+        StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8), seed=2, std=0.1
+    )
     model.metadata = {"elements": [1, 6, 7, 8, 14]}
     return model
 
@@ -51,7 +53,9 @@ def _molecules() -> list:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_passes_torchsim_validation(dtype):
     # torch-sim's own check uses Si and Fe: an untrained student (no element list) accepts them.
-    model = randomize_parameters(StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8), seed=1, std=0.1)
+    model = randomize_parameters(
+        StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8), seed=1, std=0.1
+    )
     ts_model = StudentModel(model, device="cpu", dtype=dtype)
     validate_model_outputs(ts_model, torch.device("cpu"), dtype)
     assert ts_model.compute_stress and ts_model.memory_scales_with == "n_atoms_x_density"
@@ -61,7 +65,9 @@ def test_passes_torchsim_validation(dtype):
 @pytest.mark.parametrize("periodic", [False, True], ids=["molecules", "periodic"])
 def test_batch_equals_single_calculator(student, periodic):
     if periodic:
-        images = [small_triclinic_cell(seed=s) for s in range(3)] + [small_triclinic_cell(seed=3).repeat((2, 1, 1))]
+        images = [small_triclinic_cell(seed=s) for s in range(3)] + [
+            small_triclinic_cell(seed=3).repeat((2, 1, 1))
+        ]
     else:
         images = _molecules()
     ts_model = StudentModel(student, device="cpu", dtype="float64", compute_stress=periodic)
@@ -93,12 +99,19 @@ def test_refusals(student):
 
 
 def test_nve_conserves_energy_like_ase(student):
-    """The same NVE run (same start, same velocity Verlet) in torch-sim and in ASE: same energies, same drift."""
+    """The same NVE run (same start, same velocity Verlet) in torch-sim and in ASE: same energies, drift."""
     steps, interval, dt = 60, 5, 0.5
     atoms = organic_molecule()
     p0 = initial_momenta(atoms, 300.0, np.random.default_rng(0))
-    result = run_batched_md([atoms], StudentModel(student, device="cpu", dtype="float64"), ensemble="nve",
-                            steps=steps, interval=interval, timestep=dt, momenta=[p0])
+    result = run_batched_md(
+        [atoms],
+        StudentModel(student, device="cpu", dtype="float64"),
+        ensemble="nve",
+        steps=steps,
+        interval=interval,
+        timestep=dt,
+        momenta=[p0],
+    )
 
     ase_atoms = atoms.copy()
     ase_atoms.set_momenta(p0)
@@ -124,16 +137,32 @@ def test_batched_nvt_many_structures(student):
     structures = _molecules()
     ts_model = StudentModel(student, device="cpu", dtype="float32")
     steps = 30
-    result = run_batched_md(structures, ts_model, ensemble="nvt", temperature=300.0, steps=steps, interval=10,
-                            seed=1, friction=0.05)
+    result = run_batched_md(
+        structures,
+        ts_model,
+        ensemble="nvt",
+        temperature=300.0,
+        steps=steps,
+        interval=10,
+        seed=1,
+        friction=0.05,
+    )
     assert result.model_calls == steps + 1  # all 8 structures in one call per step
     assert result.temperatures.shape == (4, len(structures)) and np.isfinite(result.temperatures).all()
     assert np.isfinite(result.potential_energies).all()
     for start, end in zip(structures, result.final):
         assert end.get_chemical_formula() == start.get_chemical_formula()
         assert 0 < np.abs(end.positions - start.positions).max() < 1.0
-    again = run_batched_md(structures, StudentModel(student, device="cpu", dtype="float32"), ensemble="nvt",
-                           temperature=300.0, steps=steps, interval=10, seed=1, friction=0.05)
+    again = run_batched_md(
+        structures,
+        StudentModel(student, device="cpu", dtype="float32"),
+        ensemble="nvt",
+        temperature=300.0,
+        steps=steps,
+        interval=10,
+        seed=1,
+        friction=0.05,
+    )
     np.testing.assert_array_equal(again.potential_energies, result.potential_energies)  # seeded
 
 
@@ -145,8 +174,23 @@ def test_cli_md_several_structures(student, tmp_path, capsys):
         files += ["--structure", str(tmp_path / f"m{k}.xyz")]
         write(tmp_path / f"m{k}.xyz", atoms)
     traj, log = tmp_path / "md.traj", tmp_path / "md.log"
-    args = ["md", "--model", str(checkpoint), *files, "--steps", "10", "--interval", "5", "--device", "cpu",
-            "--traj", str(traj), "--log", str(log), "--quiet"]
+    args = [
+        "md",
+        "--model",
+        str(checkpoint),
+        *files,
+        "--steps",
+        "10",
+        "--interval",
+        "5",
+        "--device",
+        "cpu",
+        "--traj",
+        str(traj),
+        "--log",
+        str(log),
+        "--quiet",
+    ]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "3 structures" in out and "11 model calls" in out
@@ -157,8 +201,28 @@ def test_cli_md_several_structures(student, tmp_path, capsys):
 
     # A multi-frame file with --all-frames is a batch too; an ensemble torch-sim cannot run is refused.
     write(tmp_path / "all.extxyz", _molecules()[3:6])
-    assert cli_main(["md", "--model", str(checkpoint), "--structure", str(tmp_path / "all.extxyz"), "--all-frames",
-                     "--steps", "4", "--interval", "2", "--device", "cpu", "--ensemble", "nve", "--quiet"]) == 0
+    assert (
+        cli_main(
+            [
+                "md",
+                "--model",
+                str(checkpoint),
+                "--structure",
+                str(tmp_path / "all.extxyz"),
+                "--all-frames",
+                "--steps",
+                "4",
+                "--interval",
+                "2",
+                "--device",
+                "cpu",
+                "--ensemble",
+                "nve",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "3 structures" in capsys.readouterr().out
     assert cli_main(["md", "--model", str(checkpoint), *files, "--ensemble", "npt", "--device", "cpu"]) == 1
     assert "nvt (Langevin) or nve only" in capsys.readouterr().err
@@ -168,9 +232,22 @@ def test_example_05_torchsim_batch(student, tmp_path):
     checkpoint = tmp_path / "student.pt"
     student.save(checkpoint)
     write(tmp_path / "mols.extxyz", _molecules())
-    proc = subprocess.run([sys.executable, str(ROOT / "md_examples" / "05_torchsim_batch.py"), "--model",
-                           str(checkpoint), "--structures", str(tmp_path / "mols.extxyz"), "--device", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "md_examples" / "05_torchsim_batch.py"),
+            "--model",
+            str(checkpoint),
+            "--structures",
+            str(tmp_path / "mols.extxyz"),
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8 structures" in proc.stdout and "atom-steps/s" in proc.stdout and "NVE drift" in proc.stdout
