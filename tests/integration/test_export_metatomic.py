@@ -250,3 +250,26 @@ def test_parity_cuda(student, exported):
     theirs = _properties(atoms, metatomic_ase.MetatomicCalculator(str(exported["float64"]), device="cuda"))
     for key in ours:
         _assert_close(theirs[key], ours[key], key)
+
+
+def test_cli_export_refuses_to_replace(checkpoint, tmp_path):
+    from mlff_calc.cli.export import run
+    from mlff_calc.errors import OutputExistsError
+
+    out = tmp_path / "student-mta.pt"
+    out.write_text("the user's file")
+    args = cli_args(checkpoint, out)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run(args)
+    assert out.read_text() == "the user's file"
+    with pytest.raises(OutputExistsError, match="also an input"):
+        run(cli_args(checkpoint, checkpoint, overwrite=True))
+    assert run(cli_args(checkpoint, out, overwrite=True)) == 0
+    assert out.stat().st_size > 1000
+
+
+def cli_args(model, out, overwrite: bool = False):
+    from mlff_calc.cli import build_parser
+
+    argv = ["export", str(model), "--out", str(out)] + (["--overwrite"] if overwrite else [])
+    return build_parser().parse_args(argv)
