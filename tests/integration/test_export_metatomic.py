@@ -26,6 +26,9 @@ from mlff_calc.integrations.metatomic import export_metatomic, to_atomistic_mode
 from mlff_calc.model.student import randomize_parameters  # noqa: E402
 from mlff_calc.testing.structures import organic_molecule, slab, small_triclinic_cell  # noqa: E402
 
+# TorchScript (the metatomic file format) is deprecated upstream in favour of torch.export: not our warning.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+
 ELEMENTS = [1, 6, 8, 14, 29]
 RTOL = 1e-6
 

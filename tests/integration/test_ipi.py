@@ -15,6 +15,9 @@ pytest.importorskip("ipi")
 
 from mlff_calc.integrations.ipi import SOCKET_PREFIX, ipi_command, nvt_input, run_simulation  # noqa: E402
 
+# TorchScript (the metatomic file format) is deprecated upstream in favour of torch.export: not our warning.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 20
 
