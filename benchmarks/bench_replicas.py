@@ -10,7 +10,7 @@ on the weights, ``--model`` takes a trained one), the same precision and device,
 (ethanol, each rattled with its own seed), Langevin NVT at 300 K, 0.5 fs, friction 0.01/fs:
 
 * **torch-sim**: all replicas in one ``SimState``; every step is one student call for all atoms
-  (``mlff_calc.integrations.torchsim.run_batched_md``, BAOAB Langevin);
+  (``mlff_calc.integrations.batched_md.run_batched_md``, BAOAB Langevin);
 * **ASE**: the replicas one after another, each an ``ase.md.langevin.Langevin`` run (``fixcm=False``) with its
   own ``StudentCalculator`` (Verlet skin 1 Å), i.e. ``N`` separate ASE runs.
 
@@ -65,7 +65,8 @@ def make_model(path: str | None):
 
 
 def run_torchsim(structures, model, args) -> dict:
-    from mlff_calc.integrations.torchsim import StudentModel, run_batched_md
+    from mlff_calc.integrations.batched_md import run_batched_md
+    from mlff_calc.integrations.torchsim import StudentModel
 
     ts_model = StudentModel(model, device=args.device, dtype=args.dtype)
     result = run_batched_md(
@@ -88,7 +89,7 @@ def run_ase(structures, model, args) -> dict:
     from ase.md.langevin import Langevin
 
     from mlff_calc import StudentCalculator
-    from mlff_calc.integrations.torchsim import initial_momenta
+    from mlff_calc.integrations.batched_md import initial_momenta
 
     rng = np.random.default_rng(0)
     runs = []
@@ -208,8 +209,8 @@ def write_section(args, n_atoms, rates, med, ratio, info) -> None:
         *(
             [
                 "",
-                f"The machine was shared with other jobs (load average {load:.1f} on {os.cpu_count()} cores): "
-                "single rounds vary, hence the interleaving and the medians.",
+                f"The machine was shared with other jobs (load average {load:.1f} on {os.cpu_count()} "
+                "cores): single rounds vary, hence the interleaving and the medians.",
             ]
             if load > (os.cpu_count() or 1)
             else []

@@ -1,9 +1,9 @@
 """05 - Many structures at once: the student in torch-sim, one model call per MD step for the whole batch.
 
 Part 1 is plain torch-sim (``ts.integrate`` with the student's ``ModelInterface``); part 2 runs the same batch
-with ``mlff_calc.integrations.torchsim.run_batched_md``, which logs every structure and checks for blow-ups,
-then an NVE continuation that reports the energy drift of each structure. ``mlff-calc md`` does the same
-with several ``--structure`` files (or ``--all-frames``).
+with ``mlff_calc.integrations.batched_md.run_batched_md``, which logs every structure and checks for
+blow-ups, then an NVE continuation that reports the energy drift of each structure. ``mlff-calc md`` does
+the same with several ``--structure`` files (or ``--all-frames``).
 
     python md_examples/05_torchsim_batch.py --model runs/my_system/student.pt --structures frames.extxyz
     python md_examples/05_torchsim_batch.py --model student.pt --structures m.xyz --replicas 64 --device cuda
@@ -17,7 +17,8 @@ import numpy as np
 import torch_sim as ts
 from ase.io import read
 
-from mlff_calc.integrations.torchsim import StudentModel, run_batched_md
+from mlff_calc.integrations.batched_md import run_batched_md
+from mlff_calc.integrations.torchsim import StudentModel
 
 
 def main() -> None:

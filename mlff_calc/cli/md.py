@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..md import run_md
 
     if len(args.structure) > 1 or args.all_frames:  # several structures: one batch, one model call per step
-        from ..integrations.torchsim import run_cli
+        from ..integrations.batched_md import run_cli
 
         return run_cli(args)
     args.structure = args.structure[0]

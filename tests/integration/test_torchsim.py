@@ -23,7 +23,8 @@ from torch_sim.models.interface import validate_model_outputs  # noqa: E402
 from mlff_calc import StudentCalculator, StudentForceField  # noqa: E402
 from mlff_calc.cli import main as cli_main  # noqa: E402
 from mlff_calc.errors import InputError  # noqa: E402
-from mlff_calc.integrations.torchsim import StudentModel, batch_state, initial_momenta, run_batched_md  # noqa: E402
+from mlff_calc.integrations.batched_md import initial_momenta, run_batched_md  # noqa: E402
+from mlff_calc.integrations.torchsim import StudentModel, batch_state  # noqa: E402
 from mlff_calc.model.student import randomize_parameters  # noqa: E402
 from mlff_calc.testing.structures import organic_molecule, slab, small_triclinic_cell  # noqa: E402
 
