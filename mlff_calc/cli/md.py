@@ -18,8 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, metavar="student.pt",
                         help="student checkpoint (mlff-calc train)")
-    parser.add_argument("--structure", required=True, metavar="FILE",
-                        help="starting structure, any ASE-readable file (its last frame)")
+    parser.add_argument("--structure", required=True, metavar="FILE", action="append",
+                        help="starting structure, any ASE-readable file (its last frame); repeat it to run "
+                             "several structures as one torch-sim batch (nvt Langevin or nve)")
+    parser.add_argument("--all-frames", action="store_true",
+                        help="every frame of the --structure file(s), as one torch-sim batch")
     parser.add_argument("--ensemble", choices=("nve", "nvt", "npt"), default=None,
                         help="nve: velocity Verlet; nvt: Langevin or Nose-Hoover chain; npt: isotropic "
                              f"barostat, fully periodic cells only ({default('ensemble')})")
@@ -64,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_output
     from ..md import TRAJECTORY_FORMATS, run_md
 
+    if len(args.structure) > 1 or args.all_frames:  # several structures: one batch, one model call per step
+        from ..integrations.batched_md import run_cli
+
+        return run_cli(args)
+    args.structure = args.structure[0]
     model, structure = Path(args.model), Path(args.structure)
     if model.is_dir():
         raise InputError(f"model {model} is a directory; give the checkpoint file "

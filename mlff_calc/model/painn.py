@@ -66,13 +66,15 @@ class PaiNNMessage(nn.Module):
         filters: torch.Tensor,  # (E, 3F): radial filter of this block, already times the cutoff
         directions: torch.Tensor,  # (E, 3): unit vectors r_ij / |r_ij|
         edge_index: torch.Tensor,  # (2, E)
-        csr: tuple[torch.Tensor, ...] | None = None,  # (rowptr, reverse edges, pair of each edge): fused path
+        # (rowptr, reverse edges, pair of each edge): fused path
+        csr: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if csr is not None:
+        # TorchScript (the metatomic export) compiles the eager path only.
+        if csr is not None and not torch.jit.is_scripting():
             rowptr, reverse, half = csr
             ds, dv = fused_message(self.scalar_mlp(s), filters, directions, v, rowptr, edge_index[1], reverse, half)
             return s + ds, v + dv
-        i, j = edge_index
+        i, j = edge_index[0], edge_index[1]
         x = self.scalar_mlp(s)[j] * filters  # (E, 3F)
         ds, dv_dir, dv_vec = torch.split(x, self.hidden_dim, dim=-1)
         dv = dv_dir[:, None, :] * directions[:, :, None] + dv_vec[:, None, :] * v[j]  # (E, 3, F)
@@ -135,7 +137,8 @@ class PaiNN(nn.Module):
         """
         distances = torch.linalg.vector_norm(vectors, dim=-1)  # (E,); > 0, overlapping atoms are refused upstream
         directions = vectors / distances[:, None]
-        pair_distances, half = distances, None
+        pair_distances = distances
+        fused_csr: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if csr is not None:
             # Filters depend on |r_ij| only: compute them once per pair (edge e < rev[e]) and let both
             # directions read the same row.
@@ -144,7 +147,7 @@ class PaiNN(nn.Module):
             canonical = order < reverse
             half = (torch.cumsum(canonical, 0) - 1)[torch.minimum(order, reverse)]
             pair_distances = distances[canonical]
-            csr = (csr[0], reverse, half)
+            fused_csr = (csr[0], reverse, half)
         # (rbf(d) W + b) fc(d) as one matrix product: append fc(d) to the basis and b to the weights,
         # so the (edges, 3F x blocks) filter matrix is written once, not three times.
         envelope = self.cutoff_fn(pair_distances)[:, None]
@@ -156,7 +159,7 @@ class PaiNN(nn.Module):
 
         s = self.embedding(atomic_numbers)
         v = s.new_zeros((s.shape[0], 3, self.hidden_dim))
-        for message, update, w in zip(self.messages, self.updates, filters):
-            s, v = message(s, v, w, directions, edge_index, csr)
+        for k, (message, update) in enumerate(zip(self.messages, self.updates)):  # indexed: TorchScript
+            s, v = message(s, v, filters[k], directions, edge_index, fused_csr)
             s, v = update(s, v)
         return s
