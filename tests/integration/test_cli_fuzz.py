@@ -155,6 +155,14 @@ ROWS = [
     (f"{DISTILL} --structures {{d}}/nan.extxyz --out {{d}}/run", "non-finite positions"),
     (f"{DISTILL} --structures {{d}}/good.extxyz --out {{d}}/afile.txt", "not a directory"),
     (f"{DISTILL} --structures {{d}}/good.extxyz --out {{d}}/run --recipe {{d}}/garbage.yaml", "garbage.yaml"),
+    # export
+    ("export {d}/missing.pt --out {d}/m.pt", "missing.pt"),
+    ("export {d}/garbage.pt --out {d}/m.pt", "garbage.pt"),
+    ("export {d}/adir --out {d}/m.pt", "adir"),
+    ("export {d}/student.pt --out {d}/student.pt --overwrite", "is also an input"),
+    ("export {d}/student.pt --out {d}/afile.txt", "already exists"),
+    ("export {d}/student.pt --out {d}/afile.txt/m.pt", "not a directory"),
+    ("export {d}/student.pt --out {d}/m.pt --format onnx", "invalid choice"),
 ]
 # Also run as real processes: the console entry point, exit codes and stderr as a user sees them.
 SUBPROCESS = {
