@@ -14,6 +14,7 @@ import torch
 import vesin
 
 from . import _keys as K
+from .errors import InputError
 
 
 def _vesin_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -44,10 +45,10 @@ def _vesin_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray, where: str = "") -> None:
-    """Raise ``ValueError`` if the periodic lattice vectors are degenerate or non-finite."""
+    """Raise :class:`~mlff_calc.errors.InputError` (a ``ValueError``) if the periodic lattice vectors are degenerate or non-finite."""
     cell = np.asarray(cell, dtype=np.float64)
     if not np.all(np.isfinite(cell)):
-        raise ValueError(f"cell{where} is not finite: {cell.tolist()}")
+        raise InputError(f"cell{where} is not finite: {cell.tolist()}")
     periodic = cell[np.asarray(pbc, dtype=bool)]
     if len(periodic) == 0:
         return
@@ -56,7 +57,7 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray, where: str = "") -> None:
     # Volume (area, length) spanned by the periodic vectors, relative to the product of their lengths.
     measure = np.sqrt(max(np.linalg.det(gram), 0.0))
     if lengths.min() < 1e-6 or measure < 1e-6 * np.prod(lengths):
-        raise ValueError(
+        raise InputError(
             f"pbc{where} is {np.asarray(pbc).tolist()} but the periodic lattice vectors are degenerate "
             f"(lengths {np.round(lengths, 6).tolist()} Å, spanned measure {measure:.3g}): "
             "give a cell with linearly independent vectors along every periodic direction, or set pbc=False there"
@@ -125,17 +126,21 @@ def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
     return pos[j] - pos[i] + torch.einsum("ea,eab->eb", shifts, cell[data[K.BATCH][i]])
 
 
-def reverse_edges(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """``rev (E,)`` with edge ``rev[e] = (j, i, -S)`` for edge ``e = (i, j, S)``.
+def reverse_edges(edge_index, shifts, n_atoms: int):
+    """``rev (E,)`` with edge ``rev[e] = (j, i, -S)`` for edge ``e = (i, j, S)`` (numpy or torch in and out).
 
     Needs a full list sorted by (i, j, S), as :func:`neighbor_list` returns (and keeps after filtering
     by distance, which is symmetric). Each edge becomes one int64 key whose order is the list's order,
     so the reverse edges are found by binary search.
     """
+    if isinstance(edge_index, torch.Tensor):
+        rev = reverse_edges(edge_index.cpu().numpy(), torch.round(shifts).long().cpu().numpy(), n_atoms)
+        return torch.from_numpy(rev).to(edge_index.device)
+    edge_index = np.asarray(edge_index, dtype=np.int64)
+    s = np.asarray(shifts, dtype=np.int64)
     if edge_index.shape[1] == 0:
-        return torch.zeros(0, dtype=torch.long, device=edge_index.device)
-    s = torch.round(shifts).long()
-    m = int(s.abs().max()) if s.numel() else 0
+        return np.zeros(0, dtype=np.int64)
+    m = int(np.abs(s).max())
     width = 2 * m + 1
     if float(n_atoms) ** 2 * width**3 >= 2**62:
         raise ValueError("neighbour list too large to index its reverse edges")
@@ -147,15 +152,8 @@ def reverse_edges(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) 
             k = k * width + (sh[:, axis] + m)
         return k
 
-    keys = key(i, j, s)
-    wanted = key(j, i, -s)
-    rev = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
-    if not torch.equal(keys[rev], wanted):
+    keys, wanted = key(i, j, s), key(j, i, -s)
+    rev = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    if not np.array_equal(keys[rev], wanted):
         raise ValueError("neighbour list is not a sorted full list: some edge has no reverse edge")
     return rev
-
-
-def csr_rowptr(receivers: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """``rowptr (n_atoms + 1,)`` of receiver-sorted edges: edges of atom i are rowptr[i]:rowptr[i+1]."""
-    counts = torch.bincount(receivers, minlength=n_atoms)
-    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])

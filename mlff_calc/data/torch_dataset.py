@@ -87,27 +87,28 @@ class H5Dataset(torch.utils.data.Dataset):
 def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = None) -> dict[str, torch.Tensor]:
     """Concatenate items into one batch, adding ``batch (N,)``.
 
-    With ``cutoff`` (Å) also precompute the neighbour list: ``edge_index (2, E)`` int64 (offset into the
-    batch) and ``cell_shifts (E, 3)`` in the positions' dtype; otherwise the model builds it itself.
-    Use ``functools.partial(collate, cutoff=5.0)`` as a DataLoader ``collate_fn``.
+    With ``cutoff`` (Å) also build the model's input, ``graph`` (:class:`mlff_calc.graph.Graph`, in the
+    positions' dtype, by the same builder as the calculator's), and keep the neighbour list it came from
+    as ``edge_index (2, E)`` int64 (offset into the batch) and ``cell_shifts (E, 3)`` (shifts relative to
+    the stored positions, in their dtype). Use ``functools.partial(collate, cutoff=5.0)`` as a DataLoader
+    ``collate_fn``; ``graph.to(device)`` moves it.
     """
     if not items:
         raise ValueError("cannot collate an empty list of structures")
     out = {key: torch.cat([it[key] for it in items]) for key in (*_PER_ATOM, *_PER_STRUCTURE)}
     out[K.BATCH] = torch.repeat_interleave(torch.arange(len(items)), out[N_ATOMS])
     if cutoff is not None:
-        from ..neighbors import batch_neighbor_list
+        from ..graph import build_graph
 
         pos = out[K.POSITIONS]
-        edges, shifts = batch_neighbor_list(
-            pos.detach().cpu().double().numpy(),
-            out[K.CELL].double().numpy(),
-            out[K.PBC].numpy(),
-            out[N_ATOMS].numpy(),
-            cutoff,
+        raw_shifts: list[np.ndarray] = []
+        graph = build_graph(
+            out[K.ATOMIC_NUMBERS].numpy(), pos.detach().cpu().double().numpy(), out[K.CELL].double().numpy(),
+            out[K.PBC].numpy(), out[N_ATOMS].numpy(), cutoff, pos.dtype, raw_shifts=raw_shifts,
         )
-        out[K.EDGE_INDEX] = torch.as_tensor(np.asarray(edges, dtype=np.int64))
-        out[K.CELL_SHIFTS] = torch.as_tensor(np.asarray(shifts)).to(pos.dtype)
+        out[K.GRAPH] = graph
+        out[K.EDGE_INDEX] = graph.edge_index
+        out[K.CELL_SHIFTS] = torch.as_tensor(np.concatenate(raw_shifts)).to(pos.dtype)
     return out
 
 
