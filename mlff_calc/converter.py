@@ -123,14 +123,14 @@ class AtomsConverter:
         c = self._cache
         same = (
             c is not None
-            and len(numbers) == len(c.numbers)
-            and np.array_equal(numbers, c.numbers)
-            and np.array_equal(cell, c.cell)
-            and np.array_equal(pbc, c.pbc)
+            and numbers.shape == c.numbers.shape
+            and bool((numbers == c.numbers).all())
+            and bool((cell == c.cell).all())
+            and bool((pbc == c.pbc).all())
         )
         if not same:
             self._validate(atoms)  # numbers, cell and pbc unchanged since a build: only positions to check
-        elif not np.isfinite(positions).all():
+        elif not np.isfinite(positions).all():  # (validation names the atom)
             self._validate(atoms)
         if not same or self._moved_too_far(positions, c.positions):
             c = self._build(atoms)
@@ -153,7 +153,7 @@ class AtomsConverter:
         device, dtype = self.device, self.dtype
         keep = part.keep
         if c.indices is None or not (
-            (keep is None and c.keep is None) or (keep is not None and c.keep is not None and np.array_equal(keep, c.keep))
+            (keep is None and c.keep is None) or (keep is not None and c.keep is not None and (keep == c.keep).all())
         ):
             e = part.edges
             c.keep = keep
