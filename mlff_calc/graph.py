@@ -25,7 +25,7 @@ import torch
 from ase.data import chemical_symbols
 
 from .errors import InputError
-from .neighbors import _vesin_box, neighbor_list, reverse_edges
+from .neighbors import _vesin_box, batch_neighbor_list, neighbor_list, reverse_edges
 
 MIN_DISTANCE = 0.1  # Å; closer atoms are refused as overlapping
 
@@ -93,7 +93,11 @@ class EdgeList:
     def build(cls, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, radius: float) -> "EdgeList":
         """vesin list within ``radius`` Å, plus reverse edges, CSR row pointers and pair indices."""
         edge_index, shifts = neighbor_list(positions, cell, pbc, radius)
-        n = len(positions)
+        return cls.from_sorted(edge_index, shifts, len(positions))
+
+    @classmethod
+    def from_sorted(cls, edge_index: np.ndarray, shifts: np.ndarray, n: int) -> "EdgeList":
+        """Derived indices of a full list sorted by (i, j, S) over ``n`` atoms (one structure or a batch)."""
         reverse = reverse_edges(edge_index, shifts, n)
         rowptr = np.searchsorted(edge_index[0], np.arange(n + 1)).astype(np.int64)
         order = np.arange(len(reverse))
@@ -133,7 +137,7 @@ class Frame:
         relative to the centroid. Edge shifts that go with the result are ``S + n_j - n_i``.
         """
         if not self.periodic:
-            return positions - positions.mean(axis=0), None
+            return positions - _centroids(positions, _ZERO), None
         frac = positions @ self.inverse
         wrap = np.floor(frac)
         wrap[:, self.open] = 0.0
@@ -142,6 +146,16 @@ class Frame:
             offset = wrap.copy()
             offset[:, self.open] = frac[:, self.open].mean(axis=0)
         return positions - offset @ self.box, wrap.astype(np.int64)
+
+
+_ZERO = np.zeros(1, dtype=np.int64)
+
+
+def _centroids(positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``(B, 3)`` centroids of consecutive structures starting at ``starts`` (the same rounding for one
+    structure alone and inside a batch)."""
+    counts = np.diff(np.append(starts, len(positions)))
+    return np.add.reduceat(positions, starts, axis=0) / counts[:, None]
 
 
 def reference_frame(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
@@ -233,64 +247,87 @@ def build_graph(
     positions = np.asarray(positions, dtype=np.float64)
     cells = np.asarray(cells, dtype=np.float64).reshape(-1, 3, 3)
     pbcs = np.asarray(pbcs, dtype=bool).reshape(-1, 3)
+    n_atoms = np.asarray(n_atoms, dtype=np.int64).reshape(-1)
     offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
-    parts = []
-    for b in range(len(cells)):
-        atoms = slice(offsets[b], offsets[b + 1])
-        edges = EdgeList.build(positions[atoms], cells[b], pbcs[b], cutoff)
+    device = torch.device(device)
+    if (n_atoms == 0).any():
+        raise InputError(f"structure {int(np.flatnonzero(n_atoms == 0)[0])}: the structure has no atoms")
+    if len(cells) == 1:  # the calculator's path (without its cache)
+        edges = EdgeList.build(positions, cells[0], pbcs[0], cutoff)
         try:
-            part = structure_edges(edges, Frame(cells[b], pbcs[b]), positions[atoms], cutoff,
-                                   numbers[atoms] if check_overlap else None)
+            part = structure_edges(edges, Frame(cells[0], pbcs[0]), positions, cutoff,
+                                   numbers if check_overlap else None)
         except InputError as exc:
-            raise InputError(f"structure {b}: {exc}") from None
+            raise InputError(f"structure 0: {exc}") from None
         if raw_shifts is not None:
             raw_shifts.append(part.edges.shifts)
-        parts.append(part)
-    return assemble(numbers, parts, cells, pbcs, offsets, dtype, torch.device(device))
+        return assemble(numbers, part, cells[0], pbcs[0], dtype, device)
+
+    # Many structures: one sorted list over the batch, every step vectorised over it; the arithmetic
+    # per edge is that of structure_edges, so each structure's part equals its graph alone.
+    edge_index, shifts = batch_neighbor_list(positions, cells, pbcs, n_atoms, cutoff)
+    edges = EdgeList.from_sorted(edge_index, shifts, len(positions))
+    batch = np.repeat(np.arange(len(cells)), n_atoms)
+    relative = np.empty_like(positions)
+    wrap = np.zeros(positions.shape, dtype=np.int64)
+    periodic = pbcs.any(axis=1)
+    open_atoms = ~periodic[batch]
+    if open_atoms.any():
+        idx = np.flatnonzero(open_atoms)
+        centroids = _centroids(positions[idx], _open_starts(n_atoms, periodic))
+        relative[idx] = positions[idx] - np.repeat(centroids, n_atoms[~periodic], axis=0)
+    for b in np.flatnonzero(periodic):
+        atoms = slice(offsets[b], offsets[b + 1])
+        relative[atoms], wrap[atoms] = Frame(cells[b], pbcs[b]).relative(positions[atoms])
+    i, j = edges.edge_index
+    edge_batch = batch[i]
+    shifts = edges.shifts + wrap[j] - wrap[i]
+    vectors = relative[j] - relative[i]
+    periodic_edges = np.flatnonzero(periodic[edge_batch])
+    if len(periodic_edges):
+        s, c = shifts[periodic_edges], cells[edge_batch[periodic_edges]]
+        vectors[periodic_edges] += s[:, 0, None] * c[:, 0] + s[:, 1, None] * c[:, 1] + s[:, 2, None] * c[:, 2]
+    d2 = np.einsum("ea,ea->e", vectors, vectors)
+    keep = d2 < cutoff * cutoff
+    if not keep.all():
+        edges, vectors, shifts, d2, edge_batch = edges.select(keep), vectors[keep], shifts[keep], d2[keep], edge_batch[keep]
+    if check_overlap and len(d2) and d2.min() < MIN_DISTANCE**2:
+        closest = int(np.argmin(d2))
+        b = int(edge_batch[closest])
+        local = edges.edge_index[:, closest] - offsets[b]
+        raise InputError(f"structure {b}: " + _overlap_message(
+            numbers[offsets[b]:offsets[b + 1]], local, edges.shifts[closest], float(np.sqrt(d2[closest]))))
+    if raw_shifts is not None:
+        raw_shifts.append(edges.shifts)
+    return Graph(
+        numbers=_tensor(numbers, device), positions=_float(relative, dtype, device),
+        vectors=_float(vectors, dtype, device), cell=_float(cells, dtype, device), pbc=_tensor(pbcs, device),
+        batch=_tensor(batch, device), edge_index=_tensor(edges.edge_index, device),
+        cell_shifts=_float(shifts, dtype, device), reverse=_tensor(edges.reverse, device),
+        rowptr=_tensor(edges.rowptr, device), half=_tensor(edges.half, device), pairs=_tensor(edges.pairs, device),
+        n_pairs=len(edges.pairs), n_structures=len(cells),
+    )
+
+
+def _open_starts(n_atoms: np.ndarray, periodic: np.ndarray) -> np.ndarray:
+    """Start of each open structure within the array of the open structures' atoms only."""
+    sizes = n_atoms[~periodic]
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
 def assemble(
-    numbers: np.ndarray,
-    parts: Sequence[StructureEdges],
-    cells: np.ndarray,
-    pbcs: np.ndarray,
-    offsets: np.ndarray,
-    dtype: torch.dtype,
+    numbers: np.ndarray, part: StructureEdges, cell: np.ndarray, pbc: np.ndarray, dtype: torch.dtype,
     device: torch.device,
 ) -> Graph:
-    """Concatenate per-structure edges into one :class:`Graph` (indices offset into the batch)."""
-    if len(parts) == 1:
-        p = parts[0]
-        e = p.edges
-        return Graph(
-            numbers=_tensor(numbers, device), positions=_float(p.relative, dtype, device),
-            vectors=_float(p.vectors, dtype, device), cell=_float(cells.reshape(1, 3, 3), dtype, device),
-            pbc=_tensor(pbcs.reshape(1, 3), device), batch=torch.zeros(len(numbers), dtype=torch.long, device=device),
-            edge_index=_tensor(e.edge_index, device), cell_shifts=_float(p.shifts, dtype, device),
-            reverse=_tensor(e.reverse, device), rowptr=_tensor(e.rowptr, device), half=_tensor(e.half, device),
-            pairs=_tensor(e.pairs, device), n_pairs=len(e.pairs), n_structures=1,
-        )
-    n_edges = np.array([len(p.edges.reverse) for p in parts], dtype=np.int64)
-    n_pairs = np.array([len(p.edges.pairs) for p in parts], dtype=np.int64)
-    e_off = np.concatenate([[0], np.cumsum(n_edges)])
-    p_off = np.concatenate([[0], np.cumsum(n_pairs)])
-    a_off = np.repeat(offsets[:-1], n_edges)
-    rowptr = np.concatenate([[0]] + [p.edges.rowptr[1:] + e_off[b] for b, p in enumerate(parts)])
+    """The :class:`Graph` of one structure from its edges (no cache; the converter keeps its own)."""
+    e = part.edges
     return Graph(
-        numbers=_tensor(numbers, device),
-        positions=_float(np.concatenate([p.relative for p in parts]), dtype, device),
-        vectors=_float(np.concatenate([p.vectors for p in parts]), dtype, device),
-        cell=_float(cells, dtype, device),
-        pbc=_tensor(pbcs, device),
-        batch=_tensor(np.repeat(np.arange(len(parts)), np.diff(offsets)), device),
-        edge_index=_tensor(np.concatenate([p.edges.edge_index for p in parts], axis=1) + a_off, device),
-        cell_shifts=_float(np.concatenate([p.shifts for p in parts]), dtype, device),
-        reverse=_tensor(np.concatenate([p.edges.reverse for p in parts]) + np.repeat(e_off[:-1], n_edges), device),
-        rowptr=_tensor(rowptr.astype(np.int64), device),
-        half=_tensor(np.concatenate([p.edges.half for p in parts]) + np.repeat(p_off[:-1], n_edges), device),
-        pairs=_tensor(np.concatenate([p.edges.pairs for p in parts]) + np.repeat(e_off[:-1], n_pairs), device),
-        n_pairs=int(p_off[-1]),
-        n_structures=len(parts),
+        numbers=_tensor(numbers, device), positions=_float(part.relative, dtype, device),
+        vectors=_float(part.vectors, dtype, device), cell=_float(cell.reshape(1, 3, 3), dtype, device),
+        pbc=_tensor(pbc.reshape(1, 3), device), batch=torch.zeros(len(numbers), dtype=torch.long, device=device),
+        edge_index=_tensor(e.edge_index, device), cell_shifts=_float(part.shifts, dtype, device),
+        reverse=_tensor(e.reverse, device), rowptr=_tensor(e.rowptr, device), half=_tensor(e.half, device),
+        pairs=_tensor(e.pairs, device), n_pairs=len(e.pairs), n_structures=1,
     )
 
 

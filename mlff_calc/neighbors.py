@@ -79,16 +79,21 @@ def neighbor_list(
         ``edge_index (2, E) int64`` as [receiver i, sender j] and ``shifts (E, 3) int64`` such that
         ``r_ij = positions[j] - positions[i] + shifts @ cell``, sorted by (i, j, shift).
     """
+    return _sorted(*_vesin_pairs(positions, cell, pbc, cutoff))
+
+
+def _vesin_pairs(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unsorted ``i, j (E,)`` and ``shifts (E, 3)``, int64."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     if len(positions) == 0:
-        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    box = _vesin_box(cell, pbc)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts = calculator.compute(points=positions, box=box, periodic=pbc, quantities="ijS")
-    i = i.astype(np.int64)
-    j = j.astype(np.int64)
-    shifts = shifts.astype(np.int64)
+    i, j, shifts = calculator.compute(points=positions, box=_vesin_box(cell, pbc), periodic=pbc, quantities="ijS")
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
+
+
+def _sorted(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
     return np.stack([i[order], j[order]]), shifts[order]
 
@@ -102,17 +107,20 @@ def batch_neighbor_list(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour lists of consecutive structures, with atom indices offset into the batch.
 
-    Shapes: positions ``(N, 3)``, cells ``(B, 3, 3)``, pbcs ``(B, 3)``, n_atoms ``(B,)``.
+    Shapes: positions ``(N, 3)``, cells ``(B, 3, 3)``, pbcs ``(B, 3)``, n_atoms ``(B,)``. Sorted by
+    (i, j, shift) as a whole (one sort), which is each structure's sorted list in turn.
     """
-    offsets = np.concatenate([[0], np.cumsum(n_atoms)])
-    edges, shifts = [], []
-    for b in range(len(n_atoms)):
-        e, s = neighbor_list(positions[offsets[b] : offsets[b + 1]], cells[b], pbcs[b], cutoff)
-        edges.append(e + offsets[b])
-        shifts.append(s)
-    if not edges:
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+    parts = [_vesin_pairs(positions[offsets[b]:offsets[b + 1]], cells[b], pbcs[b], cutoff) for b in range(len(n_atoms))]
+    if not parts:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    return np.concatenate(edges, axis=1), np.concatenate(shifts, axis=0)
+    counts = [len(p[0]) for p in parts]
+    shift = np.repeat(offsets[:-1], counts)
+    return _sorted(
+        np.concatenate([p[0] for p in parts]) + shift,
+        np.concatenate([p[1] for p in parts]) + shift,
+        np.concatenate([p[2] for p in parts]).reshape(-1, 3),
+    )
 
 
 def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
