@@ -151,6 +151,13 @@ class Frame:
 _ZERO = np.zeros(1, dtype=np.int64)
 
 
+def _squared_norms(vectors: np.ndarray) -> np.ndarray:
+    """``|r_e|² (E,)`` by elementwise ufuncs: the same rounding for an edge wherever it sits in the list
+    (and for its reverse), so a skin list and a fresh list keep the same edges."""
+    x, y, z = vectors[:, 0], vectors[:, 1], vectors[:, 2]
+    return x * x + y * y + z * z
+
+
 def _centroids(positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """``(B, 3)`` centroids of consecutive structures starting at ``starts`` (the same rounding for one
     structure alone and inside a batch)."""
@@ -189,7 +196,7 @@ def structure_edges(
         # Elementwise, not a matrix product: r_ji == -r_ij bit for bit, whatever the list's length.
         cell = frame.cell
         vectors += shifts[:, 0, None] * cell[0] + shifts[:, 1, None] * cell[1] + shifts[:, 2, None] * cell[2]
-    d2 = np.einsum("ea,ea->e", vectors, vectors)
+    d2 = _squared_norms(vectors)
     keep = d2 < cutoff * cutoff
     if keep.all():
         mask, kept = None, edges
@@ -287,7 +294,7 @@ def build_graph(
     if len(periodic_edges):
         s, c = shifts[periodic_edges], cells[edge_batch[periodic_edges]]
         vectors[periodic_edges] += s[:, 0, None] * c[:, 0] + s[:, 1, None] * c[:, 1] + s[:, 2, None] * c[:, 2]
-    d2 = np.einsum("ea,ea->e", vectors, vectors)
+    d2 = _squared_norms(vectors)
     keep = d2 < cutoff * cutoff
     if not keep.all():
         edges, vectors, shifts, d2, edge_batch = edges.select(keep), vectors[keep], shifts[keep], d2[keep], edge_batch[keep]

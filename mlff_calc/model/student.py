@@ -136,19 +136,27 @@ class StudentForceField(nn.Module):
         (``grad_output``). In training mode the graph of that gradient is kept (forces in the loss).
         """
         self._check_graph(graph)
+        energies, forces, edge_grad = self.energies_and_gradients(graph)
+        virial = -strain_derivative_from_edges(graph, graph.vectors, edge_grad) if want_stress else None
+        return energies, forces, virial
+
+    def energies_and_gradients(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``energies (N,)``, ``forces (N, 3)`` and ``edge_grad (E, 3) = ∂E/∂r_e``: the one place that runs
+        the network. The whole-model kernel (``model/fused/whole.py``) plugs in here, for inference::
+
+            if not self.training and <whole-model kernel available>:
+                return whole.evaluate(self._packed, graph.numbers, graph.vectors, graph.rowptr,
+                                      graph.edge_index[1], graph.reverse, graph.half, graph.n_pairs, True)
+        """
         with torch.enable_grad():
             vectors = graph.vectors.detach().requires_grad_(True)
             energies = self.atomic_energies(graph, vectors)
-            # Seam for the whole-model kernel (model/fused/whole.py): it returns energies, forces and
-            # edge_grad directly, in place of this autograd call and forces_from_edges below.
             (edge_grad,) = torch.autograd.grad(
                 [energies.sum()], [vectors], create_graph=self.training, materialize_grads=True
             )
         if not self.training:
             energies = energies.detach()
-        forces = forces_from_edges(edge_grad, graph.edge_index, graph.reverse, graph.n_atoms)
-        virial = -strain_derivative_from_edges(graph, vectors.detach(), edge_grad) if want_stress else None
-        return energies, forces, virial
+        return energies, forces_from_edges(edge_grad, graph.edge_index, graph.reverse, graph.n_atoms), edge_grad
 
     @torch.jit.unused  # takes a Python object; export scripts representation + energy_head instead
     def forward(
