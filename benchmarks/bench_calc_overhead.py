@@ -47,7 +47,7 @@ def _stub_model(calc: StudentCalculator, atoms) -> None:
         fixed = calc.model(data, compute_forces=True, compute_stress=False)
         model = calc.model
         calc.model = lambda data, **kw: fixed
-        calc.model.metadata = model.metadata  # noqa
+        calc.model.metadata = model.metadata
 
 
 def _model_only(calc: StudentCalculator, atoms, repeats: int) -> float:

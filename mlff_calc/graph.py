@@ -227,8 +227,10 @@ def _tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype | None =
 
 
 def _float(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """float64 numpy -> tensor in ``dtype`` on ``device`` (the one place a float array is cast)."""
+    native = dtype in (torch.float32, torch.float64)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    return _tensor(np.asarray(array, dtype=np_dtype), device, None if dtype in (torch.float32, torch.float64) else dtype)
+    return _tensor(np.asarray(array, dtype=np_dtype), device, None if native else dtype)
 
 
 def build_graph(
@@ -297,7 +299,8 @@ def build_graph(
     d2 = _squared_norms(vectors)
     keep = d2 < cutoff * cutoff
     if not keep.all():
-        edges, vectors, shifts, d2, edge_batch = edges.select(keep), vectors[keep], shifts[keep], d2[keep], edge_batch[keep]
+        edges = edges.select(keep)
+        vectors, shifts, d2, edge_batch = vectors[keep], shifts[keep], d2[keep], edge_batch[keep]
     if check_overlap and len(d2) and d2.min() < MIN_DISTANCE**2:
         closest = int(np.argmin(d2))
         b = int(edge_batch[closest])

@@ -7,8 +7,9 @@ homogeneous deformation maps every edge vector to ``r_e (1 + ε)``, so ``∂E/�
 (symmetrised, since ε is symmetric). This is the virial of the strain route below, written per edge;
 it never touches absolute positions, so it is as accurate far from the origin as near it.
 
-The strain route (the reference, :func:`energy_with_derivatives`): stress follows the strain route (Knuth et al., Comput. Phys. Commun. 190, 33 (2015); nequip
-``nn/grad_output.py``): positions and cell are deformed by a symmetric strain ε = 0,
+The strain route (the reference, :func:`energy_with_derivatives`; Knuth et al., Comput. Phys.
+Commun. 190, 33 (2015); nequip ``nn/grad_output.py``): positions and cell are deformed by a
+symmetric strain ε = 0,
     x' = x (1 + ε),   cell' = cell (1 + ε)
 and then σ = (1/V) ∂E/∂ε, ASE's sign and convention (what ``calculate_numerical_stress`` returns).
 Edge vectors are built from the deformed positions and cell, so both derivatives come out of a
