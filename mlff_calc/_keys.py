@@ -19,6 +19,12 @@ EDGE_INDEX = "edge_index"  # (2, E)     int64 | [receiver i, sender j]
 CELL_SHIFTS = "cell_shifts"  # (E, 3)     float | integer image shifts S (stored in the model dtype)
 EDGE_REVERSE = "edge_reverse"  # (E,)     int64 | index of edge (j, i, -S) for edge (i, j, S); optional
 
+# ---- the model's input: one object, built by mlff_calc.graph for one structure, a batch or training --
+GRAPH = "graph"  # mlff_calc.graph.Graph: numbers, positions relative to a reference (wrapped into the
+#                  cell; centroid along open directions), vectors (E, 3) from float64 differences, cell,
+#                  pbc, batch, edge_index sorted by receiver, cell_shifts S' that go with the relative
+#                  positions, reverse (E,), rowptr (N + 1,), half (E,) pair of each edge, pairs (P,)
+
 # ---- outputs ---------------------------------------------------------------------------------------
 ENERGY = "energy"  # (B,)       float | eV
 ENERGIES = "energies"  # (N,)       float | eV, per-atom contributions (sum to ENERGY)

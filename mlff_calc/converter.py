@@ -1,10 +1,13 @@
-"""Atoms -> model inputs: validation of the input and a Verlet-skin neighbour list.
+"""Atoms -> :class:`~mlff_calc.graph.Graph`: validation of the input and a Verlet-skin neighbour list.
 
 The list is built with radius ``cutoff + skin`` and rebuilt only when an atom moved more than
 ``skin / 2`` since the last build (two atoms approaching each other then closed the gap by at most
-``skin``, so no pair inside the cutoff can be missing), or when the cell, pbc or atoms changed. Every
-call filters the cached list down to pairs inside the cutoff; since the list is sorted and filtering
-keeps the order, the edges are exactly those of a fresh list, and so are the results.
+``skin``, so no pair inside the cutoff can be missing), or when the cell, pbc or atoms changed. A build
+also derives everything else the model needs from the list (reverse edges, CSR row pointers, pair
+indices) and caches it as tensors. Every call filters the cached list down to pairs inside the cutoff
+and renumbers those indices; since the list is sorted and filtering keeps the order, the graph is
+exactly that of a fresh list, and so are the results. The filtered indices are cached too: while no pair
+crosses the cutoff a call makes only the positions and edge vectors anew.
 """
 
 from __future__ import annotations
@@ -14,15 +17,35 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from . import _keys as K
-from .neighbors import check_cell, edge_vectors, neighbor_list, reverse_edges
+from .errors import InputError
+from .graph import MIN_DISTANCE, EdgeList, Frame, Graph, StructureEdges, _float, _tensor, structure_edges
+from .neighbors import check_cell
 from .utils import element_list
 
-MIN_DISTANCE = 0.1  # Å; closer atoms are refused as overlapping
+__all__ = ["AtomsConverter", "MIN_DISTANCE"]
+
+
+class _Build:
+    """What one neighbour-list build caches: the structure it was built for, the list, the tensors."""
+
+    def __init__(self, atoms: Atoms, edges: EdgeList, device: torch.device, dtype: torch.dtype):
+        self.numbers = atoms.numbers.copy()
+        self.cell = atoms.cell.array.copy()
+        self.pbc = atoms.pbc.copy()
+        self.positions = atoms.positions.copy()
+        self.edges = edges
+        self.frame = Frame(self.cell, self.pbc)
+        self.numbers_t = _tensor(self.numbers.astype(np.int64), device)
+        self.cell_t = _float(self.cell.reshape(1, 3, 3), dtype, device)
+        self.pbc_t = _tensor(self.pbc.reshape(1, 3), device)
+        self.batch_t = torch.zeros(len(self.numbers), dtype=torch.long, device=device)
+        self.keep: np.ndarray | None = None  # filter of the last call (None: every edge)
+        self.indices: dict[str, torch.Tensor] | None = None  # its index tensors
+        self.shifts: tuple[np.ndarray, torch.Tensor] | None = None  # last S' and its tensor
 
 
 class AtomsConverter:
-    """Validate an ``ase.Atoms`` and turn it into the tensor dict the model takes."""
+    """Validate an ``ase.Atoms`` and turn it into the :class:`Graph` the model takes."""
 
     def __init__(
         self,
@@ -33,116 +56,123 @@ class AtomsConverter:
         max_z: int = 118,
         elements: list[int] | None = None,
     ):
-        if skin < 0:
-            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        if not skin >= 0:
+            raise InputError(f"skin must be >= 0 Å, got {skin}")
         self.cutoff = float(cutoff)
         self.skin = float(skin)
         self.dtype = dtype
-        self.device = device
+        self.device = torch.device(device)
         self.max_z = int(max_z)
         self.elements = None if elements is None else sorted(int(z) for z in elements)
+        self._allowed = None if elements is None else np.zeros(self.max_z + 1, dtype=bool)
+        if self._allowed is not None:
+            self._allowed[[z for z in self.elements if 0 <= z <= self.max_z]] = True
         self.n_builds = 0  # number of neighbour-list builds (for tests and diagnostics)
-        self._cache: dict | None = None
+        self._cache: _Build | None = None
 
     # ---- validation ----------------------------------------------------------------------------------
-    def validate(self, atoms: Atoms) -> None:
-        """Raise ``ValueError`` naming what is wrong and where (the atom index, the element, the axis)."""
+    def validate(self, atoms: Atoms, where: str = "") -> None:
+        """Raise :class:`InputError` naming what is wrong and where (the atom index, the element, the axis).
+
+        ``where`` prefixes the message (e.g. ``"structure 17: "``).
+        """
+        try:
+            self._validate(atoms)
+        except InputError as exc:
+            if not where:
+                raise
+            raise InputError(f"{where}{exc}") from None
+
+    def _validate(self, atoms: Atoms) -> None:
         if len(atoms) == 0:
-            raise ValueError("the structure has no atoms")
+            raise InputError("the structure has no atoms")
         positions = atoms.positions
-        bad = ~np.isfinite(positions).all(axis=1)
-        if bad.any():
+        if not np.isfinite(positions).all():
+            bad = ~np.isfinite(positions).all(axis=1)
             idx = int(np.flatnonzero(bad)[0])
-            raise ValueError(
+            raise InputError(
                 f"positions are not finite for {int(bad.sum())} atom(s); first is atom {idx} "
-                f"({atoms.get_chemical_symbols()[idx]}) at {positions[idx].tolist()}"
+                f"({_symbol(atoms.numbers[idx])}) at {positions[idx].tolist()}"
             )
         numbers = atoms.numbers
         out_of_range = (numbers < 1) | (numbers > self.max_z)
         if out_of_range.any():
             idx = int(np.flatnonzero(out_of_range)[0])
-            raise ValueError(
+            raise InputError(
                 f"atom {idx} has atomic number {int(numbers[idx])}, outside the range 1..{self.max_z} "
                 "this model supports"
             )
-        if self.elements is not None:
-            unseen = ~np.isin(numbers, self.elements)
+        if self._allowed is not None:
+            unseen = ~self._allowed[numbers]
             if unseen.any():
                 idx = int(np.flatnonzero(unseen)[0])
                 z = int(numbers[idx])
-                raise ValueError(
+                raise InputError(
                     f"atom {idx} is {chemical_symbols[z]} (Z={z}), an element this model never saw in "
                     f"training (it knows {element_list(self.elements)}); its predictions there would be "
                     "meaningless"
                 )
         check_cell(atoms.cell.array, atoms.pbc)
 
-    # ---- neighbour list with skin --------------------------------------------------------------------
-    def _needs_rebuild(self, atoms: Atoms) -> bool:
+    # ---- the graph -----------------------------------------------------------------------------------
+    def __call__(self, atoms: Atoms) -> Graph:
+        """The graph of one structure, edges inside the cutoff only (see the module docstring)."""
+        arrays = atoms.arrays
+        positions, numbers = arrays["positions"], arrays["numbers"]
+        cell, pbc = atoms.cell.array, atoms.pbc
         c = self._cache
-        if c is None:
-            return True
-        if len(atoms) != len(c["numbers"]) or not np.array_equal(atoms.numbers, c["numbers"]):
-            return True
-        if not np.array_equal(atoms.pbc, c["pbc"]) or not np.array_equal(atoms.cell.array, c["cell"]):
-            return True
-        displacement = np.linalg.norm(atoms.positions - c["positions"], axis=1).max()
+        same = (
+            c is not None
+            and numbers.shape == c.numbers.shape
+            and bool((numbers == c.numbers).all())
+            and bool((cell == c.cell).all())
+            and bool((pbc == c.pbc).all())
+        )
+        if not same:
+            self._validate(atoms)  # numbers, cell and pbc unchanged since a build: only positions to check
+        elif not np.isfinite(positions).all():  # (validation names the atom)
+            self._validate(atoms)
+        if not same or self._moved_too_far(positions, c.positions):
+            c = self._build(atoms)
+        part = structure_edges(c.edges, c.frame, positions, self.cutoff, numbers)
+        return self._graph(c, part)
+
+    def _moved_too_far(self, positions: np.ndarray, reference: np.ndarray) -> bool:
+        d = positions - reference
+        largest = float(np.einsum("ia,ia->i", d, d).max())
         # A strict '>' would keep a list built at zero skin for a moved structure.
-        return bool(displacement > 0.5 * self.skin) or (self.skin == 0 and displacement > 0)
+        return largest > 0.25 * self.skin * self.skin or (self.skin == 0 and largest > 0)
 
-    def _build(self, atoms: Atoms) -> None:
-        edge_index, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin)
-        edge_index, shifts = torch.as_tensor(edge_index), torch.as_tensor(shifts)
-        self._cache = {
-            "numbers": atoms.numbers.copy(),
-            "pbc": atoms.pbc.copy(),
-            "cell": atoms.cell.array.copy(),
-            "positions": atoms.positions.copy(),
-            "edge_index": edge_index.to(self.device),
-            "shifts": shifts.to(device=self.device, dtype=self.dtype),
-            "reverse": reverse_edges(edge_index, shifts, len(atoms)).to(self.device),
-        }
+    def _build(self, atoms: Atoms) -> _Build:
+        edges = EdgeList.build(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin)
+        self._cache = _Build(atoms, edges, self.device, self.dtype)
         self.n_builds += 1
+        return self._cache
 
-    def __call__(self, atoms: Atoms) -> dict[str, torch.Tensor]:
-        """Tensor inputs for one structure (``batch`` of zeros), edges inside the cutoff only."""
-        self.validate(atoms)
-        if self._needs_rebuild(atoms):
-            self._build(atoms)
-        c = self._cache
-        data = {
-            K.ATOMIC_NUMBERS: torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device),
-            K.POSITIONS: torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device),
-            K.CELL: torch.as_tensor(atoms.cell.array, dtype=self.dtype, device=self.device).reshape(1, 3, 3),
-            K.PBC: torch.as_tensor(atoms.pbc, dtype=torch.bool, device=self.device).reshape(1, 3),
-            K.BATCH: torch.zeros(len(atoms), dtype=torch.long, device=self.device),
-        }
-        edge_index, shifts = c["edge_index"], c["shifts"]
-        with torch.no_grad():
-            vectors = edge_vectors({**data, K.EDGE_INDEX: edge_index, K.CELL_SHIFTS: shifts})
-            distances = torch.linalg.vector_norm(vectors, dim=-1)
-            keep = distances < self.cutoff
-        data[K.EDGE_INDEX] = edge_index[:, keep]
-        data[K.CELL_SHIFTS] = shifts[keep]
-        # |r_ji| == |r_ij| bit for bit (negated sums), so the filter keeps both edges of a pair and the
-        # cached reverse map only needs renumbering.
-        new_index = torch.cumsum(keep, 0) - 1
-        data[K.EDGE_REVERSE] = new_index[c["reverse"][keep]]
-        self.check_overlap(atoms, data[K.EDGE_INDEX], data[K.CELL_SHIFTS], distances[keep])
-        return data
+    def _graph(self, c: _Build, part: StructureEdges) -> Graph:
+        device, dtype = self.device, self.dtype
+        keep = part.keep
+        if c.indices is None or not (
+            (keep is None and c.keep is None) or (keep is not None and c.keep is not None and (keep == c.keep).all())
+        ):
+            e = part.edges
+            c.keep = keep
+            c.indices = {
+                "edge_index": _tensor(e.edge_index, device), "reverse": _tensor(e.reverse, device),
+                "rowptr": _tensor(e.rowptr, device), "half": _tensor(e.half, device), "pairs": _tensor(e.pairs, device),
+            }
+            c.shifts = None
+        if c.shifts is None or not (c.shifts[0] is part.shifts or np.array_equal(c.shifts[0], part.shifts)):
+            c.shifts = (part.shifts, _float(part.shifts, dtype, device))
+        idx = c.indices
+        return Graph(
+            numbers=c.numbers_t, positions=_float(part.relative, dtype, device),
+            vectors=_float(part.vectors, dtype, device), cell=c.cell_t, pbc=c.pbc_t, batch=c.batch_t,
+            edge_index=idx["edge_index"], cell_shifts=c.shifts[1], reverse=idx["reverse"], rowptr=idx["rowptr"],
+            half=idx["half"], pairs=idx["pairs"], n_pairs=idx["pairs"].shape[0], n_structures=1,
+        )
 
-    @staticmethod
-    def check_overlap(atoms: Atoms, edge_index: torch.Tensor, shifts: torch.Tensor, distances: torch.Tensor) -> None:
-        if distances.numel() == 0:
-            return
-        closest = int(torch.argmin(distances))
-        d = float(distances[closest])
-        if d < MIN_DISTANCE:
-            i, j = (int(x) for x in edge_index[:, closest])
-            shift = [int(round(x)) for x in shifts[closest].tolist()]
-            symbols = atoms.get_chemical_symbols()
-            image = "" if shift == [0, 0, 0] else f" (periodic image shifted by {shift})"
-            what = f"atom {i} ({symbols[i]}) and its own periodic image{image}" if i == j else (
-                f"atoms {i} ({symbols[i]}) and {j} ({symbols[j]}){image}"
-            )
-            raise ValueError(f"{what} are {d:.4f} Å apart, closer than {MIN_DISTANCE} Å: overlapping atoms")
+
+def _symbol(z) -> str:
+    z = int(z)
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"

@@ -14,6 +14,7 @@ import torch
 import vesin
 
 from . import _keys as K
+from .errors import InputError
 
 
 def _vesin_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -44,10 +45,10 @@ def _vesin_box(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray, where: str = "") -> None:
-    """Raise ``ValueError`` if the periodic lattice vectors are degenerate or non-finite."""
+    """Raise :class:`~mlff_calc.errors.InputError` (a ``ValueError``) if the periodic lattice vectors are degenerate or non-finite."""
     cell = np.asarray(cell, dtype=np.float64)
     if not np.all(np.isfinite(cell)):
-        raise ValueError(f"cell{where} is not finite: {cell.tolist()}")
+        raise InputError(f"cell{where} is not finite: {cell.tolist()}")
     periodic = cell[np.asarray(pbc, dtype=bool)]
     if len(periodic) == 0:
         return
@@ -56,7 +57,7 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray, where: str = "") -> None:
     # Volume (area, length) spanned by the periodic vectors, relative to the product of their lengths.
     measure = np.sqrt(max(np.linalg.det(gram), 0.0))
     if lengths.min() < 1e-6 or measure < 1e-6 * np.prod(lengths):
-        raise ValueError(
+        raise InputError(
             f"pbc{where} is {np.asarray(pbc).tolist()} but the periodic lattice vectors are degenerate "
             f"(lengths {np.round(lengths, 6).tolist()} Å, spanned measure {measure:.3g}): "
             "give a cell with linearly independent vectors along every periodic direction, or set pbc=False there"
@@ -78,16 +79,21 @@ def neighbor_list(
         ``edge_index (2, E) int64`` as [receiver i, sender j] and ``shifts (E, 3) int64`` such that
         ``r_ij = positions[j] - positions[i] + shifts @ cell``, sorted by (i, j, shift).
     """
+    return _sorted(*_vesin_pairs(positions, cell, pbc, cutoff))
+
+
+def _vesin_pairs(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unsorted ``i, j (E,)`` and ``shifts (E, 3)``, int64."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     if len(positions) == 0:
-        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    box = _vesin_box(cell, pbc)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts = calculator.compute(points=positions, box=box, periodic=pbc, quantities="ijS")
-    i = i.astype(np.int64)
-    j = j.astype(np.int64)
-    shifts = shifts.astype(np.int64)
+    i, j, shifts = calculator.compute(points=positions, box=_vesin_box(cell, pbc), periodic=pbc, quantities="ijS")
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
+
+
+def _sorted(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
     return np.stack([i[order], j[order]]), shifts[order]
 
@@ -101,17 +107,20 @@ def batch_neighbor_list(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour lists of consecutive structures, with atom indices offset into the batch.
 
-    Shapes: positions ``(N, 3)``, cells ``(B, 3, 3)``, pbcs ``(B, 3)``, n_atoms ``(B,)``.
+    Shapes: positions ``(N, 3)``, cells ``(B, 3, 3)``, pbcs ``(B, 3)``, n_atoms ``(B,)``. Sorted by
+    (i, j, shift) as a whole (one sort), which is each structure's sorted list in turn.
     """
-    offsets = np.concatenate([[0], np.cumsum(n_atoms)])
-    edges, shifts = [], []
-    for b in range(len(n_atoms)):
-        e, s = neighbor_list(positions[offsets[b] : offsets[b + 1]], cells[b], pbcs[b], cutoff)
-        edges.append(e + offsets[b])
-        shifts.append(s)
-    if not edges:
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+    parts = [_vesin_pairs(positions[offsets[b]:offsets[b + 1]], cells[b], pbcs[b], cutoff) for b in range(len(n_atoms))]
+    if not parts:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-    return np.concatenate(edges, axis=1), np.concatenate(shifts, axis=0)
+    counts = [len(p[0]) for p in parts]
+    shift = np.repeat(offsets[:-1], counts)
+    return _sorted(
+        np.concatenate([p[0] for p in parts]) + shift,
+        np.concatenate([p[1] for p in parts]) + shift,
+        np.concatenate([p[2] for p in parts]).reshape(-1, 3),
+    )
 
 
 def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -125,17 +134,21 @@ def edge_vectors(data: dict[str, torch.Tensor]) -> torch.Tensor:
     return pos[j] - pos[i] + torch.einsum("ea,eab->eb", shifts, cell[data[K.BATCH][i]])
 
 
-def reverse_edges(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """``rev (E,)`` with edge ``rev[e] = (j, i, -S)`` for edge ``e = (i, j, S)``.
+def reverse_edges(edge_index, shifts, n_atoms: int):
+    """``rev (E,)`` with edge ``rev[e] = (j, i, -S)`` for edge ``e = (i, j, S)`` (numpy or torch in and out).
 
     Needs a full list sorted by (i, j, S), as :func:`neighbor_list` returns (and keeps after filtering
     by distance, which is symmetric). Each edge becomes one int64 key whose order is the list's order,
     so the reverse edges are found by binary search.
     """
+    if isinstance(edge_index, torch.Tensor):
+        rev = reverse_edges(edge_index.cpu().numpy(), torch.round(shifts).long().cpu().numpy(), n_atoms)
+        return torch.from_numpy(rev).to(edge_index.device)
+    edge_index = np.asarray(edge_index, dtype=np.int64)
+    s = np.asarray(shifts, dtype=np.int64)
     if edge_index.shape[1] == 0:
-        return torch.zeros(0, dtype=torch.long, device=edge_index.device)
-    s = torch.round(shifts).long()
-    m = int(s.abs().max()) if s.numel() else 0
+        return np.zeros(0, dtype=np.int64)
+    m = int(np.abs(s).max())
     width = 2 * m + 1
     if float(n_atoms) ** 2 * width**3 >= 2**62:
         raise ValueError("neighbour list too large to index its reverse edges")
@@ -147,15 +160,8 @@ def reverse_edges(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) 
             k = k * width + (sh[:, axis] + m)
         return k
 
-    keys = key(i, j, s)
-    wanted = key(j, i, -s)
-    rev = torch.searchsorted(keys, wanted).clamp_(max=len(keys) - 1)
-    if not torch.equal(keys[rev], wanted):
+    keys, wanted = key(i, j, s), key(j, i, -s)
+    rev = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    if not np.array_equal(keys[rev], wanted):
         raise ValueError("neighbour list is not a sorted full list: some edge has no reverse edge")
     return rev
-
-
-def csr_rowptr(receivers: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """``rowptr (n_atoms + 1,)`` of receiver-sorted edges: edges of atom i are rowptr[i]:rowptr[i+1]."""
-    counts = torch.bincount(receivers, minlength=n_atoms)
-    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])

@@ -3,8 +3,8 @@
 Item (one structure of ``n`` atoms; keys from :mod:`mlff_calc._keys`)::
 
     atomic_numbers (n,)       int64
-    positions      (n, 3)     float | Å
-    cell           (1, 3, 3)  float | Å, rows are lattice vectors
+    positions      (n, 3)     float64 | Å, always: the graph takes float64 differences before any cast
+    cell           (1, 3, 3)  float64 | Å, rows are lattice vectors (float64 for the same reason)
     pbc            (1, 3)     bool
     n_atoms        (1,)       int64
     energy         (1,)       float | eV
@@ -34,7 +34,8 @@ _PER_STRUCTURE = (K.CELL, K.PBC, N_ATOMS, K.ENERGY, K.STRESS)
 class H5Dataset(torch.utils.data.Dataset):
     """Structures of ``path`` as dicts of tensors (see the module docstring).
 
-    ``dtype``: float dtype of the tensors (float64 = the stored precision). ``preload``: read the whole
+    ``dtype``: float dtype of the labels (float64 = the stored precision); positions and cell stay
+    float64, so that far from the origin nothing is lost before :func:`collate` takes differences. ``preload``: read the whole
     file into memory once (fast epochs); otherwise every item is read lazily, and the HDF5 handle is
     reopened in each DataLoader worker.
     """
@@ -74,8 +75,8 @@ class H5Dataset(torch.utils.data.Dataset):
         real = dict(dtype=self.dtype)
         return {
             K.ATOMIC_NUMBERS: torch.as_tensor(np.asarray(fr["atomic_numbers"], dtype=np.int64)),
-            K.POSITIONS: torch.tensor(fr["positions"], **real),
-            K.CELL: torch.tensor(fr["cell"], **real).reshape(1, 3, 3),
+            K.POSITIONS: torch.tensor(fr["positions"], dtype=torch.float64),
+            K.CELL: torch.tensor(fr["cell"], dtype=torch.float64).reshape(1, 3, 3),
             K.PBC: torch.tensor(np.asarray(fr["pbc"], dtype=bool)).reshape(1, 3),
             N_ATOMS: torch.tensor([len(fr["atomic_numbers"])], dtype=torch.int64),
             K.ENERGY: torch.tensor([fr["energy"]], **real),
@@ -87,27 +88,29 @@ class H5Dataset(torch.utils.data.Dataset):
 def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = None) -> dict[str, torch.Tensor]:
     """Concatenate items into one batch, adding ``batch (N,)``.
 
-    With ``cutoff`` (Å) also precompute the neighbour list: ``edge_index (2, E)`` int64 (offset into the
-    batch) and ``cell_shifts (E, 3)`` in the positions' dtype; otherwise the model builds it itself.
-    Use ``functools.partial(collate, cutoff=5.0)`` as a DataLoader ``collate_fn``.
+    With ``cutoff`` (Å) also build the model's input, ``graph`` (:class:`mlff_calc.graph.Graph`, in the
+    labels' dtype, by the same builder as the calculator's), and keep the neighbour list it came from
+    as ``edge_index (2, E)`` int64 (offset into the batch) and ``cell_shifts (E, 3)`` (shifts relative to
+    the stored positions, in the labels' dtype). Use ``functools.partial(collate, cutoff=5.0)`` as a DataLoader
+    ``collate_fn``; ``graph.to(device)`` moves it.
     """
     if not items:
         raise ValueError("cannot collate an empty list of structures")
     out = {key: torch.cat([it[key] for it in items]) for key in (*_PER_ATOM, *_PER_STRUCTURE)}
     out[K.BATCH] = torch.repeat_interleave(torch.arange(len(items)), out[N_ATOMS])
     if cutoff is not None:
-        from ..neighbors import batch_neighbor_list
+        from ..graph import build_graph
 
-        pos = out[K.POSITIONS]
-        edges, shifts = batch_neighbor_list(
-            pos.detach().cpu().double().numpy(),
-            out[K.CELL].double().numpy(),
-            out[K.PBC].numpy(),
-            out[N_ATOMS].numpy(),
-            cutoff,
+        dtype = out[K.ENERGY].dtype
+        raw_shifts: list[np.ndarray] = []
+        graph = build_graph(
+            out[K.ATOMIC_NUMBERS].numpy(), out[K.POSITIONS].detach().cpu().double().numpy(),
+            out[K.CELL].double().numpy(), out[K.PBC].numpy(), out[N_ATOMS].numpy(), cutoff, dtype,
+            raw_shifts=raw_shifts,
         )
-        out[K.EDGE_INDEX] = torch.as_tensor(np.asarray(edges, dtype=np.int64))
-        out[K.CELL_SHIFTS] = torch.as_tensor(np.asarray(shifts)).to(pos.dtype)
+        out[K.GRAPH] = graph
+        out[K.EDGE_INDEX] = graph.edge_index
+        out[K.CELL_SHIFTS] = torch.as_tensor(np.concatenate(raw_shifts)).to(dtype)
     return out
 
 

@@ -66,14 +66,7 @@ class PaiNNMessage(nn.Module):
         filters: torch.Tensor,  # (E, 3F): radial filter of this block, already times the cutoff
         directions: torch.Tensor,  # (E, 3): unit vectors r_ij / |r_ij|
         edge_index: torch.Tensor,  # (2, E)
-        # (rowptr, reverse edges, pair of each edge): fused path
-        csr: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # TorchScript (the metatomic export) compiles the eager path only.
-        if csr is not None and not torch.jit.is_scripting():
-            rowptr, reverse, half = csr
-            ds, dv = fused_message(self.scalar_mlp(s), filters, directions, v, rowptr, edge_index[1], reverse, half)
-            return s + ds, v + dv
         i, j = edge_index[0], edge_index[1]
         x = self.scalar_mlp(s)[j] * filters  # (E, 3F)
         ds, dv_dir, dv_vec = torch.split(x, self.hidden_dim, dim=-1)
@@ -81,6 +74,12 @@ class PaiNNMessage(nn.Module):
         s = s.index_add(0, i, ds)
         v = v.index_add(0, i, dv)
         return s, v
+
+    def fused(self, s, v, pair_filters, directions, rowptr, col, reverse, half):
+        """The same message by the fused CPU kernel (first derivatives only); ``pair_filters (P, 3F)``
+        holds one row per pair, ``half (E,)`` says which row each edge reads. Not scripted."""
+        ds, dv = fused_message(self.scalar_mlp(s), pair_filters, directions, v, rowptr, col, reverse, half)
+        return s + ds, v + dv
 
 
 class PaiNNUpdate(nn.Module):
@@ -124,42 +123,53 @@ class PaiNN(nn.Module):
         self.messages = nn.ModuleList(PaiNNMessage(hidden_dim) for _ in range(num_interactions))
         self.updates = nn.ModuleList(PaiNNUpdate(hidden_dim) for _ in range(num_interactions))
 
-    def forward(
-        self,
-        atomic_numbers: torch.Tensor,
-        vectors: torch.Tensor,
-        edge_index: torch.Tensor,
-        csr: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def radial_filters(self, distances: torch.Tensor) -> list[torch.Tensor]:
+        """One ``(len(distances), 3F)`` filter per block: ``(rbf(d) W + b) fc(d)``."""
+        # As one matrix product: append fc(d) to the basis and b to the weights, so the filter matrix is
+        # written once, not three times. One product per block: each block's filters are then
+        # contiguous, and the backward sums small (edges, K+1) gradients instead of concatenating one.
+        envelope = self.cutoff_fn(distances)[:, None]
+        basis = torch.cat([self.rbf(distances) * envelope, envelope], dim=-1)
+        weight = torch.cat([self.filter_net.weight, self.filter_net.bias[:, None]], dim=1)
+        return [nn.functional.linear(basis, w) for w in torch.split(weight, 3 * self.hidden_dim, dim=0)]
+
+    def forward(self, atomic_numbers: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """atomic_numbers ``(N,)``, edge vectors ``(E, 3)`` Å, edge_index ``(2, E)`` -> ``(N, F)``.
 
-        ``csr = (rowptr, reverse)`` selects the fused CPU message (first derivatives only).
+        Eager PyTorch, twice differentiable (training) and TorchScript-scriptable (export).
         """
         distances = torch.linalg.vector_norm(vectors, dim=-1)  # (E,); > 0, overlapping atoms are refused upstream
         directions = vectors / distances[:, None]
-        pair_distances = distances
-        fused_csr: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        if csr is not None:
-            # Filters depend on |r_ij| only: compute them once per pair (edge e < rev[e]) and let both
-            # directions read the same row.
-            reverse = csr[1]
-            order = torch.arange(reverse.shape[0], device=reverse.device)
-            canonical = order < reverse
-            half = (torch.cumsum(canonical, 0) - 1)[torch.minimum(order, reverse)]
-            pair_distances = distances[canonical]
-            fused_csr = (csr[0], reverse, half)
-        # (rbf(d) W + b) fc(d) as one matrix product: append fc(d) to the basis and b to the weights,
-        # so the (edges, 3F x blocks) filter matrix is written once, not three times.
-        envelope = self.cutoff_fn(pair_distances)[:, None]
-        basis = torch.cat([self.rbf(pair_distances) * envelope, envelope], dim=-1)
-        weight = torch.cat([self.filter_net.weight, self.filter_net.bias[:, None]], dim=1)
-        # One product per block: each block's filters are then contiguous, and the backward sums
-        # three small (edges, K+1) gradients instead of concatenating a (edges, 3F x blocks) one.
-        filters = [nn.functional.linear(basis, w) for w in torch.split(weight, 3 * self.hidden_dim, dim=0)]
-
+        filters = self.radial_filters(distances)
         s = self.embedding(atomic_numbers)
         v = s.new_zeros((s.shape[0], 3, self.hidden_dim))
-        for k, (message, update) in enumerate(zip(self.messages, self.updates)):  # indexed: TorchScript
-            s, v = message(s, v, filters[k], directions, edge_index, fused_csr)
+        k = 0
+        for message, update in zip(self.messages, self.updates):
+            s, v = message(s, v, filters[k], directions, edge_index)
+            s, v = update(s, v)
+            k += 1
+        return s
+
+    @torch.jit.unused
+    def forward_fused(
+        self,
+        atomic_numbers: torch.Tensor,
+        vectors: torch.Tensor,
+        rowptr: torch.Tensor,
+        col: torch.Tensor,
+        reverse: torch.Tensor,
+        half: torch.Tensor,
+        pairs: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward` with the fused CPU message kernel, on a receiver-sorted CSR graph
+        (see :class:`mlff_calc.graph.Graph`); first derivatives only (inference)."""
+        distances = torch.linalg.vector_norm(vectors, dim=-1)
+        directions = vectors / distances[:, None]
+        # Filters depend on |r_ij| only: computed once per pair, both directions read the same row.
+        filters = self.radial_filters(distances[pairs])
+        s = self.embedding(atomic_numbers)
+        v = s.new_zeros((s.shape[0], 3, self.hidden_dim))
+        for message, update, w in zip(self.messages, self.updates, filters):
+            s, v = message.fused(s, v, w, directions, rowptr, col, reverse, half)
             s, v = update(s, v)
         return s

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from .. import _keys as K
-from ..neighbors import batch_neighbor_list, csr_rowptr, edge_vectors, reverse_edges
+from ..graph import Graph, graph_from_tensors
 from . import fused
-from .grad_output import energy_with_derivatives
+from .grad_output import forces_from_edges, strain_derivative_from_edges, stress_from_virial, structure_energies
 from .painn import PaiNN
 
 
@@ -30,7 +30,13 @@ class StudentForceField(nn.Module):
         max_z: largest atomic number the embedding can hold.
 
     Per-atom energy: ``E_i = scale * readout(s_i) + shift + atom_ref[Z_i]`` (buffers, set by training).
+
+    TorchScript: a module holding the student may call ``representation(numbers, vectors, edge_index)``
+    and :meth:`energy_head` from a scripted method (model export); the Python-only properties are
+    skipped by the compiler.
     """
+
+    __jit_unused_properties__ = ["config", "elements", "dtype", "device"]
 
     def __init__(
         self,
@@ -95,88 +101,103 @@ class StudentForceField(nn.Module):
         return self.atom_ref.device
 
     # ---- physics -------------------------------------------------------------------------------------
-    def atomic_energies(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-atom energies ``(N,)`` in eV from positions, cell, shifts and edges in ``data``."""
-        numbers = data[K.ATOMIC_NUMBERS]
-        csr = None
-        if self.use_fused_path(data):
-            edge_index = data[K.EDGE_INDEX]
-            reverse = data.get(K.EDGE_REVERSE)
-            if reverse is None:
-                reverse = reverse_edges(edge_index, data[K.CELL_SHIFTS], numbers.shape[0])
-            csr = (csr_rowptr(edge_index[0], numbers.shape[0]), reverse)
-        features = self.representation(numbers, edge_vectors(data), data[K.EDGE_INDEX], csr)
-        out = self.readout(features).squeeze(-1)
-        return self.scale * out + self.shift + self.atom_ref[numbers]
+    def energy_head(self, numbers: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies ``(N,)`` eV from PaiNN features ``(N, F)`` (scriptable)."""
+        return self.scale * self.readout(features).squeeze(-1) + self.shift + self.atom_ref[numbers]
 
-    def use_fused_path(self, data: dict[str, torch.Tensor]) -> bool:
+    def atomic_energies(self, graph: Graph, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-atom energies ``(N,)`` eV of ``graph`` at edge vectors ``vectors (E, 3)`` (default: the graph's)."""
+        vectors = graph.vectors if vectors is None else vectors
+        if self.use_fused_path(graph):
+            features = self.representation.forward_fused(
+                graph.numbers, vectors, graph.rowptr, graph.edge_index[1], graph.reverse, graph.half, graph.pairs
+            )
+        else:
+            features = self.representation(graph.numbers, vectors, graph.edge_index)
+        return self.energy_head(graph.numbers, features)
+
+    def use_fused_path(self, graph: Graph) -> bool:
         """Fused kernels run for CPU inference when they could be built here; eager PyTorch otherwise."""
         return (
             self.fused
             and not self.training
             and self.device.type == "cpu"
-            and data[K.EDGE_INDEX].shape[1] > 0
+            and graph.edge_index.shape[1] > 0
             and fused.available()
         )
 
+    def inference(
+        self, graph: Graph, want_stress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``energies (N,)`` eV, ``forces (N, 3)`` eV/Å and ``virial (B, 3, 3)`` eV (``-∂E/∂ε``, or None).
+
+        The derivatives come from one gradient, ``g_e = ∂E/∂r_e`` with respect to the edge vectors:
+        forces are its scatter onto the atoms and the virial is ``-Σ_e r_e ⊗ g_e`` per structure
+        (``grad_output``). In training mode the graph of that gradient is kept (forces in the loss).
+        """
+        self._check_graph(graph)
+        energies, forces, edge_grad = self.energies_and_gradients(graph)
+        virial = -strain_derivative_from_edges(graph, graph.vectors, edge_grad) if want_stress else None
+        return energies, forces, virial
+
+    def energies_and_gradients(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``energies (N,)``, ``forces (N, 3)`` and ``edge_grad (E, 3) = ∂E/∂r_e``: the one place that runs
+        the network. The whole-model kernel (``model/fused/whole.py``) plugs in here, for inference::
+
+            if not self.training and <whole-model kernel available>:
+                return whole.evaluate(self._packed, graph.numbers, graph.vectors, graph.rowptr,
+                                      graph.edge_index[1], graph.reverse, graph.half, graph.n_pairs, True)
+        """
+        with torch.enable_grad():
+            vectors = graph.vectors.detach().requires_grad_(True)
+            energies = self.atomic_energies(graph, vectors)
+            (edge_grad,) = torch.autograd.grad(
+                [energies.sum()], [vectors], create_graph=self.training, materialize_grads=True
+            )
+        if not self.training:
+            energies = energies.detach()
+        return energies, forces_from_edges(edge_grad, graph.edge_index, graph.reverse, graph.n_atoms), edge_grad
+
+    @torch.jit.unused  # takes a Python object; export scripts representation + energy_head instead
     def forward(
         self,
-        data: dict[str, torch.Tensor],
+        graph: Graph | dict,
         compute_forces: bool = True,
         compute_stress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energy, per-atom energies, forces and (optionally) stress of a batch of structures.
+        """Energy ``(B,)``, per-atom energies ``(N,)``, forces ``(N, 3)`` and (optionally) stress and
+        virial ``(B, 3, 3)`` of the structures in ``graph`` (see :class:`~mlff_calc.graph.Graph`).
 
-        ``data`` holds the inputs of :mod:`mlff_calc._keys`; ``batch``, ``cell`` and ``pbc`` default to a
-        single non-periodic structure, and the neighbour list is built here when ``edge_index`` is absent.
-        In training mode the graph is kept so that a loss on forces can be back-propagated.
+        Convenience: a dict of raw inputs (keys of :mod:`mlff_calc._keys`) goes through :meth:`prepare`,
+        the same builder as everywhere else; a dict with a ``graph`` entry (training batches) uses it.
         """
-        data = self.prepare(data)
-        return energy_with_derivatives(
-            self.atomic_energies,
-            data,
-            compute_forces=compute_forces,
-            compute_stress=compute_stress,
-            create_graph=self.training,
-        )
-
-    def prepare(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Cast inputs to the model's dtype/device, fill defaults and build missing neighbour lists."""
-        dtype, device = self.dtype, self.device
-        positions = torch.as_tensor(data[K.POSITIONS], dtype=dtype, device=device)
-        n_atoms = positions.shape[0]
-        out = {
-            K.ATOMIC_NUMBERS: torch.as_tensor(data[K.ATOMIC_NUMBERS], dtype=torch.long, device=device),
-            K.POSITIONS: positions,
-        }
-        batch = data.get(K.BATCH)
-        if batch is None:
-            batch = torch.zeros(n_atoms, dtype=torch.long, device=device)
-        out[K.BATCH] = torch.as_tensor(batch, dtype=torch.long, device=device)
-        n_structures = int(out[K.BATCH].max()) + 1 if n_atoms else 1
-        cell = data.get(K.CELL)
-        cell = torch.zeros((n_structures, 3, 3)) if cell is None else torch.as_tensor(cell)
-        out[K.CELL] = cell.to(dtype=dtype, device=device).reshape(-1, 3, 3)
-        pbc = data.get(K.PBC)
-        pbc = torch.zeros((n_structures, 3), dtype=torch.bool) if pbc is None else torch.as_tensor(pbc)
-        out[K.PBC] = pbc.to(dtype=torch.bool, device=device).reshape(-1, 3)
-
-        if data.get(K.EDGE_INDEX) is None:
-            counts = torch.bincount(out[K.BATCH], minlength=out[K.CELL].shape[0]).cpu().numpy()
-            edge_index, shifts = batch_neighbor_list(
-                positions.detach().cpu().numpy(),
-                out[K.CELL].detach().cpu().numpy(),
-                out[K.PBC].cpu().numpy(),
-                counts,
-                self.cutoff,
-            )
+        if not isinstance(graph, Graph):
+            graph = graph[K.GRAPH] if K.GRAPH in graph else self.prepare(graph)
+        if compute_forces or compute_stress:
+            energies, forces, virial = self.inference(graph, want_stress=compute_stress)
         else:
-            edge_index, shifts = data[K.EDGE_INDEX], data[K.CELL_SHIFTS]
-        out[K.EDGE_INDEX] = torch.as_tensor(edge_index, dtype=torch.long, device=device)
-        out[K.CELL_SHIFTS] = torch.as_tensor(shifts, device=device).to(dtype)
-        if data.get(K.EDGE_REVERSE) is not None and data.get(K.EDGE_INDEX) is not None:
-            out[K.EDGE_REVERSE] = torch.as_tensor(data[K.EDGE_REVERSE], dtype=torch.long, device=device)
+            self._check_graph(graph)
+            energies, forces, virial = self.atomic_energies(graph), None, None
+        out = {K.ENERGY: structure_energies(energies, graph), K.ENERGIES: energies}
+        if compute_forces:
+            out[K.FORCES] = forces
+        if virial is not None:
+            out[K.STRESS] = stress_from_virial(virial, graph.cell, graph.pbc)
+            out[K.VIRIAL] = virial
         return out
+
+    def prepare(self, data: dict) -> Graph:
+        """The :class:`Graph` of raw inputs (numpy or torch; ``batch``, ``cell`` and ``pbc`` default to one
+        open structure) in this model's dtype and device: :func:`mlff_calc.graph.graph_from_tensors`."""
+        return graph_from_tensors(data, self.cutoff, self.dtype, self.device)
+
+    def _check_graph(self, graph: Graph) -> None:
+        if graph.vectors.dtype != self.atom_ref.dtype or graph.numbers.device != self.atom_ref.device:
+            raise ValueError(
+                f"the graph is {graph.vectors.dtype} on {graph.numbers.device} but the model is "
+                f"{self.atom_ref.dtype} on {self.atom_ref.device}: build the graph for the model "
+                "(mlff_calc.graph.build_graph(..., dtype=model.dtype, device=model.device))"
+            )
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _keys as K
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..model.student import StudentForceField
 from ..utils import resolve_device, resolve_dtype
@@ -158,7 +159,7 @@ class _Trainer:
 
         items = [self.data.dataset[int(i)] for i in self.data.train[:n]]
         batch = {k: v.to(self.device) for k, v in collate(items, cutoff=self.cfg.model.cutoff).items()}
-        pred = self.model.eval()(batch, compute_forces=False)
+        pred = self.model.eval()(batch[K.GRAPH], compute_forces=False)
         return -float(((pred["energy"] - batch["energy"]) / batch[N_ATOMS]).mean())
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -234,7 +235,7 @@ class _Trainer:
         sums = ErrorSums(self.device)
         for batch in loader:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            pred = model(batch, compute_forces=self.data.has_forces, compute_stress=self.use_stress)
+            pred = model(batch[K.GRAPH], compute_forces=self.data.has_forces, compute_stress=self.use_stress)
             sums.add(pred, batch)
         self.d.all_reduce_sum(sums.sums)
         return sums.metrics(self.cfg.loss)
@@ -257,7 +258,7 @@ class _Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            pred = self.net(batch, compute_forces=self.use_forces, compute_stress=self.use_stress)
+            pred = self.net(batch[K.GRAPH], compute_forces=self.use_forces, compute_stress=self.use_stress)
             loss = batch_loss(pred, batch, cfg.loss, self.use_forces, self.use_stress)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"epoch {epoch}, step {p['step']}: the loss is {loss.item()}; "
