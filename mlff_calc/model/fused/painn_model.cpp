@@ -136,11 +136,38 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
     }
 }
 
-// Filter rows are read in neighbour order, scattered over an (H, 3FB) array far larger than L2:
-// fetch the next edge's row while this one is computed (latency, not bandwidth, bounded these loops).
-template <typename T>
-inline void prefetch_row(const T* p, int64_t n) {
-    for (int64_t k = 0; k < n; k += 64 / int64_t(sizeof(T))) __builtin_prefetch(p + k, 0, 1);
+// Visit every pair of edges {e, rev[e]} once per side, in pair order, so the filter rows (one per pair,
+// an array far larger than L2 for a periodic box) stream through the cache once per block instead of
+// being fetched twice in scattered order. side(k, e) applies the part of the pair owned by atom k,
+// where e is the pair's edge in CSR row k; it may only write rows owned by k (and edges whose
+// receiver or sender is k, per side). Threads own contiguous atom ranges. Pairs inside a range are
+// visited once (both sides, back to back, the row still in L1); a pair across ranges is visited by
+// both owners. Every atom receives its contributions in the order of the pair's canonical edge
+// (min(e, rev[e])) whatever the thread count, so the sums are bit-identical for any thread count.
+// Must be called by every thread of the team; ends with a barrier.
+template <typename Side>
+void pair_traversal(int64_t N, const int64_t* rowptr, const int64_t* col, const int64_t* rev,
+                    std::vector<int64_t>& scratch, Side side) {
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t a0 = t * N / T, a1 = (t + 1) * N / T;
+    // Pairs whose canonical edge lies in an earlier range come first in pair order: sort each row's
+    // such edges (a prefix of the row, sorted by sender) by their canonical edge.
+    for (int64_t k = a0; k < a1 && a0 > 0; ++k) {
+        scratch.clear();
+        for (int64_t e = rowptr[k]; e < rowptr[k + 1] && col[e] < a0; ++e) scratch.push_back(e);
+        for (size_t x = 1; x < scratch.size(); ++x)  // insertion sort: runs of one sender are reversed
+            for (size_t y = x; y > 0 && rev[scratch[y]] < rev[scratch[y - 1]]; --y) std::swap(scratch[y], scratch[y - 1]);
+        for (int64_t e : scratch) side(k, e);
+    }
+    for (int64_t i = a0; i < a1; ++i)
+        for (int64_t e = rowptr[i]; e < rowptr[i + 1]; ++e) {
+            const int64_t r = rev[e];
+            if (e > r || (e == r)) continue;  // not canonical: visited from the other end
+            side(i, e);
+            const int64_t j = col[e];
+            if (j >= a0 && j < a1) side(j, r);
+        }
+#pragma omp barrier
 }
 
 template <typename T>
@@ -311,6 +338,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
         const unsigned int saved_csr = _mm_getcsr();
         _mm_setcsr(saved_csr | 0x8040);  // FTZ | DAZ
 #endif
+        std::vector<int64_t> scratch;
         // ---- geometry and radial filters -------------------------------------------------------
 #pragma omp for schedule(static)
         for (int64_t e = 0; e < E; ++e) {
@@ -339,7 +367,10 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
             bp[K] = fc;
             if (dbp) dbp[K] = dfc;
         }
-        gemm<T>(H, FB3, K1, m.basis, K1, net.filt, FB3, m.W, FB3, nullptr, false);
+        // W (B, H, 3F): block b's filters contiguous, read in pair order by its message
+        for (int64_t b = 0; b < B; ++b) {
+            gemm<T>(H, F3, K1, m.basis, K1, net.filt + b * F3, FB3, m.W + b * H * F3, F3, nullptr, false);
+        }
 
         // ---- embedding -------------------------------------------------------------------------
 #pragma omp for schedule(static)
@@ -364,31 +395,30 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
                 }
             gemm<T>(N, F3, F, m.x, F, blk.m2.WT, F3, phi, F3, blk.m2.b, false);
 
-            // message: receiver rows
-#pragma omp for schedule(dynamic, 8)
-            for (int64_t i = 0; i < N; ++i) {
-                T* si = m.s + i * F;
-                T* vmi = m.vm + i * F3;
-                std::memcpy(vmi, v + i * F3, sizeof(T) * F3);
-                for (int64_t e = rowptr[i]; e < rowptr[i + 1]; ++e) {
-                    if (e + 1 < E) prefetch_row(m.W + half[e + 1] * FB3 + b * F3, F3);
-                    const int64_t j = col[e];
-                    const T* pj = phi + j * F3;
-                    const T* we = m.W + half[e] * FB3 + b * F3;
-                    const T* vj = v + j * F3;
-                    const T d0 = m.dir[3 * e], d1 = m.dir[3 * e + 1], d2 = m.dir[3 * e + 2];
+            // message: ds_k = sum_e phi_s[j] W_s(e), dv_k = sum_e phi_d[j] W_d(e) dir_e + phi_v[j] W_v(e) v_j
+            // over the edges e = (k, j, S) of row k
+            const T* Wb = m.W + b * H * F3;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < N; ++i) std::memcpy(m.vm + i * F3, v + i * F3, sizeof(T) * F3);
+            pair_traversal(N, rowptr, col, rev, scratch, [&](int64_t k, int64_t e) {
+                const int64_t j = col[e];
+                T* si = m.s + k * F;
+                T* vmi = m.vm + k * F3;
+                const T* pj = phi + j * F3;
+                const T* we = Wb + half[e] * F3;
+                const T* vj = v + j * F3;
+                const T d0 = m.dir[3 * e], d1 = m.dir[3 * e + 1], d2 = m.dir[3 * e + 2];
 #pragma omp simd
-                    for (int64_t f = 0; f < F; ++f) {
-                        const T xs = pj[f] * we[f];
-                        const T xd = pj[F + f] * we[F + f];
-                        const T xv = pj[2 * F + f] * we[2 * F + f];
-                        si[f] += xs;
-                        vmi[f] += xd * d0 + xv * vj[f];
-                        vmi[F + f] += xd * d1 + xv * vj[F + f];
-                        vmi[2 * F + f] += xd * d2 + xv * vj[2 * F + f];
-                    }
+                for (int64_t f = 0; f < F; ++f) {
+                    const T xs = pj[f] * we[f];
+                    const T xd = pj[F + f] * we[F + f];
+                    const T xv = pj[2 * F + f] * we[2 * F + f];
+                    si[f] += xs;
+                    vmi[f] += xd * d0 + xv * vj[f];
+                    vmi[F + f] += xd * d1 + xv * vj[F + f];
+                    vmi[2 * F + f] += xd * d2 + xv * vj[2 * F + f];
                 }
-            }
+            });
 
             // update
             T* vuv = m.vuv[b];  // (N, 3, 2F): [vu | vv] per Cartesian axis
@@ -520,61 +550,62 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
                 }
                 gemm<T>(3 * N, F, 2 * F, m.gvuv, 2 * F, blk.mix.W, F, m.gv, F, nullptr, true);
 
-                // message: sender rows, through the reverse edges
+                // message, by senders: atom k owns the share of edge (j, k, -S) = rev[e] for e = (k, j, S) in row k
                 gemm<T>(H, F3, K1, m.dbasis, K1, net.filt + b * F3, FB3, m.dW, F3, nullptr, false);
                 const T* phi = m.phi[b];
                 const T* v = m.vin[b];
-#pragma omp for schedule(dynamic, 8)
-                for (int64_t j = 0; j < N; ++j) {
-                    const T* pj = phi + j * F3;
-                    const T* vj = v + j * F3;
-                    T* gp = m.gphi + j * F3;
-                    T* acc = m.gv2 + j * F3;  // sum_e g_dv[i] W_v(e), times phi_v[j] at the end
-                    std::memset(gp, 0, sizeof(T) * F3);
-                    std::memset(acc, 0, sizeof(T) * F3);
-                    for (int64_t e2 = rowptr[j]; e2 < rowptr[j + 1]; ++e2) {
-                        const int64_t i = col[e2];
-                        const int64_t e = rev[e2];  // edge (i, j, S): j sends to i
-                        if (e2 + 1 < E) {
-                            prefetch_row(m.W + half[e2 + 1] * FB3 + b * F3, F3);
-                            prefetch_row(m.dW + half[e2 + 1] * F3, F3);
-                        }
-                        const T* we = m.W + half[e] * FB3 + b * F3;
-                        const T* dwe = m.dW + half[e] * F3;
-                        const T* gsi = m.gs + i * F;
-                        const T* gvi = m.gv + i * F3;
-                        const T d0 = m.dir[3 * e], d1 = m.dir[3 * e + 1], d2 = m.dir[3 * e + 2];
-                        T gd0 = 0, gd1 = 0, gd2 = 0, gdist = 0;
+                const T* Wb = m.W + b * H * F3;
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < N; ++i) {
+                    std::memset(m.gphi + i * F3, 0, sizeof(T) * F3);
+                    std::memset(m.gv2 + i * F3, 0, sizeof(T) * F3);
+                }
+                pair_traversal(N, rowptr, col, rev, scratch, [&](int64_t k, int64_t e2) {
+                    const int64_t i = col[e2];  // receiver of edge e = (i, k, S)
+                    const int64_t e = rev[e2];
+                    const T* pj = phi + k * F3;
+                    const T* vj = v + k * F3;
+                    T* gp = m.gphi + k * F3;
+                    T* acc = m.gv2 + k * F3;  // sum_e g_dv[i] W_v(e), times phi_v[k] below
+                    const T* we = Wb + half[e] * F3;
+                    const T* dwe = m.dW + half[e] * F3;
+                    const T* gsi = m.gs + i * F;
+                    const T* gvi = m.gv + i * F3;
+                    const T d0 = m.dir[3 * e], d1 = m.dir[3 * e + 1], d2 = m.dir[3 * e + 2];
+                    T gd0 = 0, gd1 = 0, gd2 = 0, gdist = 0;
 #pragma omp simd reduction(+ : gd0, gd1, gd2, gdist)
-                        for (int64_t f = 0; f < F; ++f) {
-                            const T g0 = gvi[f], g1 = gvi[F + f], g2 = gvi[2 * F + f];
-                            const T gdd = g0 * d0 + g1 * d1 + g2 * d2;
-                            const T gvv = g0 * vj[f] + g1 * vj[F + f] + g2 * vj[2 * F + f];
-                            gp[f] += gsi[f] * we[f];
-                            gp[F + f] += gdd * we[F + f];
-                            gp[2 * F + f] += gvv * we[2 * F + f];
-                            acc[f] += g0 * we[2 * F + f];
-                            acc[F + f] += g1 * we[2 * F + f];
-                            acc[2 * F + f] += g2 * we[2 * F + f];
-                            const T xd = pj[F + f] * we[F + f];
-                            gd0 += g0 * xd;
-                            gd1 += g1 * xd;
-                            gd2 += g2 * xd;
-                            gdist += gsi[f] * pj[f] * dwe[f] + gdd * pj[F + f] * dwe[F + f] +
-                                     gvv * pj[2 * F + f] * dwe[2 * F + f];
-                        }
-                        m.gdir[3 * e] += gd0;
-                        m.gdir[3 * e + 1] += gd1;
-                        m.gdir[3 * e + 2] += gd2;
-                        m.gd[e] += gdist;
+                    for (int64_t f = 0; f < F; ++f) {
+                        const T g0 = gvi[f], g1 = gvi[F + f], g2 = gvi[2 * F + f];
+                        const T gdd = g0 * d0 + g1 * d1 + g2 * d2;
+                        const T gvv = g0 * vj[f] + g1 * vj[F + f] + g2 * vj[2 * F + f];
+                        gp[f] += gsi[f] * we[f];
+                        gp[F + f] += gdd * we[F + f];
+                        gp[2 * F + f] += gvv * we[2 * F + f];
+                        acc[f] += g0 * we[2 * F + f];
+                        acc[F + f] += g1 * we[2 * F + f];
+                        acc[2 * F + f] += g2 * we[2 * F + f];
+                        const T xd = pj[F + f] * we[F + f];
+                        gd0 += g0 * xd;
+                        gd1 += g1 * xd;
+                        gd2 += g2 * xd;
+                        gdist += gsi[f] * pj[f] * dwe[f] + gdd * pj[F + f] * dwe[F + f] +
+                                 gvv * pj[2 * F + f] * dwe[2 * F + f];
                     }
-                    const T* gvj = m.gv + j * F3;
+                    m.gdir[3 * e] += gd0;
+                    m.gdir[3 * e + 1] += gd1;
+                    m.gdir[3 * e + 2] += gd2;
+                    m.gd[e] += gdist;
+                });
+#pragma omp for schedule(static)
+                for (int64_t k = 0; k < N; ++k) {
+                    const T* pv = phi + k * F3 + 2 * F;
+                    const T* gvk = m.gv + k * F3;
+                    T* acc = m.gv2 + k * F3;
 #pragma omp simd
                     for (int64_t f = 0; f < F; ++f) {
-                        const T pv = pj[2 * F + f];
-                        acc[f] = gvj[f] + pv * acc[f];
-                        acc[F + f] = gvj[F + f] + pv * acc[F + f];
-                        acc[2 * F + f] = gvj[2 * F + f] + pv * acc[2 * F + f];
+                        acc[f] = gvk[f] + pv[f] * acc[f];
+                        acc[F + f] = gvk[F + f] + pv[f] * acc[F + f];
+                        acc[2 * F + f] = gvk[2 * F + f] + pv[f] * acc[2 * F + f];
                     }
                 }
                 // gv2 is now the gradient with respect to the block's input v; gs gets the MLP's share
