@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include <omp.h>
 #if defined(__SSE__)
@@ -114,6 +115,20 @@ inline void row_panel(int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
     if (q < N) tile_rest<T>(MR_, N - q, K, A, lda, B + q, ldb, C + q, ldc, bias ? bias + q : nullptr, accumulate);
 }
 
+// Rows r0 .. r0 + mr (mr <= MR) of C = init + A B, on the calling thread.
+template <typename T>
+void panel(int64_t mr, int64_t N, int64_t K, const T* a, int64_t lda, const T* B, int64_t ldb, T* c, int64_t ldc,
+           const T* bias, bool accumulate) {
+    switch (mr) {
+#define MLFF_CASE(R) \
+    case R: row_panel<T, (R <= MR ? R : 1)>(N, K, a, lda, B, ldb, c, ldc, bias, accumulate); break;
+        MLFF_CASE(12) MLFF_CASE(11) MLFF_CASE(10) MLFF_CASE(9) MLFF_CASE(8) MLFF_CASE(7)
+        MLFF_CASE(6) MLFF_CASE(5) MLFF_CASE(4) MLFF_CASE(3) MLFF_CASE(2)
+#undef MLFF_CASE
+        default: row_panel<T, 1>(N, K, a, lda, B, ldb, c, ldc, bias, accumulate); break;
+    }
+}
+
 // C[M, N] = (accumulate ? C : 0) + A[M, K] B[K, N] (+ bias[N]). Called by every thread of the team.
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
@@ -123,50 +138,81 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
         const int64_t r0 = t * M / tiles, r1 = (t + 1) * M / tiles;
-        const T* a = A + r0 * lda;
-        T* c = C + r0 * ldc;
-        switch (r1 - r0) {
-#define MLFF_CASE(R) \
-    case R: row_panel<T, (R <= MR ? R : 1)>(N, K, a, lda, B, ldb, c, ldc, bias, accumulate); break;
-            MLFF_CASE(12) MLFF_CASE(11) MLFF_CASE(10) MLFF_CASE(9) MLFF_CASE(8) MLFF_CASE(7)
-            MLFF_CASE(6) MLFF_CASE(5) MLFF_CASE(4) MLFF_CASE(3) MLFF_CASE(2)
-#undef MLFF_CASE
-            default: row_panel<T, 1>(N, K, a, lda, B, ldb, c, ldc, bias, accumulate); break;
-        }
+        panel<T>(r1 - r0, N, K, A + r0 * lda, lda, B, ldb, C + r0 * ldc, ldc, bias, accumulate);
     }
 }
 
-// Visit every pair of edges {e, rev[e]} once per side, in pair order, so the filter rows (one per pair,
-// an array far larger than L2 for a periodic box) stream through the cache once per block instead of
-// being fetched twice in scattered order. side(k, e) applies the part of the pair owned by atom k,
-// where e is the pair's edge in CSR row k; it may only write rows owned by k (and edges whose
-// receiver or sender is k, per side). Threads own contiguous atom ranges. Pairs inside a range are
-// visited once (both sides, back to back, the row still in L1); a pair across ranges is visited by
-// both owners. Every atom receives its contributions in the order of the pair's canonical edge
-// (min(e, rev[e])) whatever the thread count, so the sums are bit-identical for any thread count.
-// Must be called by every thread of the team; ends with a barrier.
-template <typename Side>
-void pair_traversal(int64_t N, const int64_t* rowptr, const int64_t* col, const int64_t* rev,
-                    std::vector<int64_t>& scratch, Side side) {
-    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t a0 = t * N / T, a1 = (t + 1) * N / T;
+// Per-thread scratch of the pair traversal.
+template <typename T>
+struct PairScratch {
+    std::vector<int64_t> order;               // cross edges of one row, sorted
+    std::vector<int64_t> pairs, calls;        // queued pairs; queued side calls (k, e, slot)
+    std::vector<T> a, w;                      // basis rows of the queued pairs; their filter rows
+};
+
+// Visit every pair of edges {e, rev[e]} once per side, in pair order, computing the pair's filter row
+// (and its derivative in |r|) on the fly: filters are never stored (an (E/2, 3F x blocks) array would
+// be ~1 GB for 10,000 atoms, and writing then re-reading it cost more than computing it). Queued
+// pairs are evaluated MR at a time as one small matrix product, basis (pairs, K+1) x filt (K+1, 3F).
+//
+// side(k, e, w, dw) applies the part of the pair owned by atom k, where e is the pair's edge in CSR
+// row k and w (dw) its filter row (derivative); it may only write data owned by k. Threads own
+// contiguous atom ranges. A pair inside a range is visited once (both sides back to back); a pair
+// across ranges is visited by both owners. Every atom receives its contributions in the order of the
+// pair's canonical edge (min(e, rev[e])) whatever the thread count, so sums are bit-identical for any
+// thread count. Called by every thread of the team; ends with a barrier.
+template <typename T, typename Side>
+void pair_traversal(int64_t N, const int64_t* rowptr, const int64_t* col, const int64_t* rev, const int64_t* half,
+                    int64_t K1, int64_t F3, const T* basis, const T* dbasis, const T* filt, int64_t ldf,
+                    PairScratch<T>& sc, Side side) {
+    const int64_t T_ = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t a0 = t * N / T_, a1 = (t + 1) * N / T_;
+    const int64_t G = dbasis ? MR / 2 : MR;  // pairs per product (a derivative row per pair when asked)
+    sc.a.resize(size_t(2 * G * K1));
+    sc.w.resize(size_t(2 * G * F3));
+    sc.pairs.clear();
+    sc.calls.clear();
+    auto flush = [&]() {
+        const int64_t np = int64_t(sc.pairs.size());
+        if (np == 0) return;
+        for (int64_t x = 0; x < np; ++x) {
+            std::memcpy(&sc.a[x * K1], basis + sc.pairs[x] * K1, sizeof(T) * K1);
+            if (dbasis) std::memcpy(&sc.a[(np + x) * K1], dbasis + sc.pairs[x] * K1, sizeof(T) * K1);
+        }
+        panel<T>(dbasis ? 2 * np : np, F3, K1, sc.a.data(), K1, filt, ldf, sc.w.data(), F3, nullptr, false);
+        for (size_t c = 0; c < sc.calls.size(); c += 3) {
+            const int64_t slot = sc.calls[c + 2];
+            side(sc.calls[c], sc.calls[c + 1], &sc.w[slot * F3], dbasis ? &sc.w[(np + slot) * F3] : nullptr);
+        }
+        sc.pairs.clear();
+        sc.calls.clear();
+    };
+    auto visit = [&](int64_t k, int64_t e, bool same_pair) {
+        if (!same_pair) {
+            if (int64_t(sc.pairs.size()) == G) flush();
+            sc.pairs.push_back(half[e]);
+        }
+        sc.calls.insert(sc.calls.end(), {k, e, int64_t(sc.pairs.size()) - 1});
+    };
     // Pairs whose canonical edge lies in an earlier range come first in pair order: sort each row's
     // such edges (a prefix of the row, sorted by sender) by their canonical edge.
     for (int64_t k = a0; k < a1 && a0 > 0; ++k) {
-        scratch.clear();
-        for (int64_t e = rowptr[k]; e < rowptr[k + 1] && col[e] < a0; ++e) scratch.push_back(e);
-        for (size_t x = 1; x < scratch.size(); ++x)  // insertion sort: runs of one sender are reversed
-            for (size_t y = x; y > 0 && rev[scratch[y]] < rev[scratch[y - 1]]; --y) std::swap(scratch[y], scratch[y - 1]);
-        for (int64_t e : scratch) side(k, e);
+        sc.order.clear();
+        for (int64_t e = rowptr[k]; e < rowptr[k + 1] && col[e] < a0; ++e) sc.order.push_back(e);
+        for (size_t x = 1; x < sc.order.size(); ++x)  // insertion sort: runs of one sender are reversed
+            for (size_t y = x; y > 0 && rev[sc.order[y]] < rev[sc.order[y - 1]]; --y)
+                std::swap(sc.order[y], sc.order[y - 1]);
+        for (int64_t e : sc.order) visit(k, e, false);
     }
     for (int64_t i = a0; i < a1; ++i)
         for (int64_t e = rowptr[i]; e < rowptr[i + 1]; ++e) {
             const int64_t r = rev[e];
-            if (e > r || (e == r)) continue;  // not canonical: visited from the other end
-            side(i, e);
+            if (e >= r) continue;  // not canonical: visited from the other end
+            visit(i, e, false);
             const int64_t j = col[e];
-            if (j >= a0 && j < a1) side(j, r);
+            if (j >= a0 && j < a1) visit(j, r, true);
         }
+    flush();
 #pragma omp barrier
 }
 
@@ -246,16 +292,18 @@ Net<T> unpack(const int64_t* dims, const void* const* w) {
     return net;
 }
 
-// A bump allocator over one buffer per calling thread, kept between calls when it is small.
+// One buffer per calling thread, kept between calls up to 256 MiB (an MD run asks for the same size every
+// step; fresh pages would cost a fault each), not zero-filled.
 struct Arena {
-    std::vector<unsigned char> keep;
-    size_t limit = size_t(64) << 20;
+    std::unique_ptr<unsigned char[]> data;
+    size_t size = 0;
+    static constexpr size_t limit = size_t(256) << 20;
 };
 thread_local Arena arena;
 
 template <typename T>
 struct Buffers {
-    T *dist, *dir, *pd, *basis, *dbasis, *W, *dW, *gdir, *gd;
+    T *dist, *dir, *pd, *basis, *dbasis, *gdir, *gd;
     T *s, *vm, *x, *h5;
     std::vector<T*> h1, phi, vin, vuv, cat, h3, a;
     T *gs, *gv, *gv2, *ga, *gh, *gcat, *gvuv, *gphi;
@@ -284,7 +332,6 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
     plan.push_back({&m.dir, 3 * E});
     plan.push_back({&m.pd, H});
     plan.push_back({&m.basis, H * K1});
-    plan.push_back({&m.W, H * FB3});
     plan.push_back({&m.s, N * F});
     plan.push_back({&m.vm, N * F3});
     plan.push_back({&m.x, N * (F3 > Fh ? F3 : Fh)});
@@ -301,7 +348,6 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
     plan.push_back({&m.vin[B], N * F3});
     if (grad) {
         plan.push_back({&m.dbasis, H * K1});
-        plan.push_back({&m.dW, H * F3});
         plan.push_back({&m.gdir, 3 * E});
         plan.push_back({&m.gd, E});
         plan.push_back({&m.gs, N * F});
@@ -316,10 +362,21 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
     const size_t align = 64 / sizeof(T);
     size_t total = 0;
     for (auto& p : plan) total += (size_t(p.second) + align - 1) / align * align;
-    std::vector<unsigned char> local;
-    std::vector<unsigned char>& store = total * sizeof(T) + 64 <= arena.limit ? arena.keep : local;
-    if (store.size() < total * sizeof(T) + 64) store.resize(total * sizeof(T) + 64);
-    T* base = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t(63));
+    const size_t need = total * sizeof(T) + 64;
+    std::unique_ptr<unsigned char[]> local;
+    unsigned char* store;
+    if (need <= Arena::limit) {
+        if (arena.size < need) {
+            arena.data.reset();
+            arena.data.reset(new unsigned char[need]);
+            arena.size = need;
+        }
+        store = arena.data.get();
+    } else {
+        local.reset(new unsigned char[need]);
+        store = local.get();
+    }
+    T* base = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(store) + 63) & ~uintptr_t(63));
     for (auto& p : plan) {
         *p.first = base;
         base += (size_t(p.second) + align - 1) / align * align;
@@ -338,7 +395,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
         const unsigned int saved_csr = _mm_getcsr();
         _mm_setcsr(saved_csr | 0x8040);  // FTZ | DAZ
 #endif
-        std::vector<int64_t> scratch;
+        PairScratch<T> scratch;
         // ---- geometry and radial filters -------------------------------------------------------
 #pragma omp for schedule(static)
         for (int64_t e = 0; e < E; ++e) {
@@ -367,10 +424,6 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
             bp[K] = fc;
             if (dbp) dbp[K] = dfc;
         }
-        // W (B, H, 3F): block b's filters contiguous, read in pair order by its message
-        for (int64_t b = 0; b < B; ++b) {
-            gemm<T>(H, F3, K1, m.basis, K1, net.filt + b * F3, FB3, m.W + b * H * F3, F3, nullptr, false);
-        }
 
         // ---- embedding -------------------------------------------------------------------------
 #pragma omp for schedule(static)
@@ -397,15 +450,14 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
 
             // message: ds_k = sum_e phi_s[j] W_s(e), dv_k = sum_e phi_d[j] W_d(e) dir_e + phi_v[j] W_v(e) v_j
             // over the edges e = (k, j, S) of row k
-            const T* Wb = m.W + b * H * F3;
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < N; ++i) std::memcpy(m.vm + i * F3, v + i * F3, sizeof(T) * F3);
-            pair_traversal(N, rowptr, col, rev, scratch, [&](int64_t k, int64_t e) {
+            pair_traversal<T>(N, rowptr, col, rev, half, K1, F3, m.basis, nullptr, net.filt + b * F3, FB3, scratch,
+                              [&](int64_t k, int64_t e, const T* we, const T*) {
                 const int64_t j = col[e];
                 T* si = m.s + k * F;
                 T* vmi = m.vm + k * F3;
                 const T* pj = phi + j * F3;
-                const T* we = Wb + half[e] * F3;
                 const T* vj = v + j * F3;
                 const T d0 = m.dir[3 * e], d1 = m.dir[3 * e + 1], d2 = m.dir[3 * e + 2];
 #pragma omp simd
@@ -551,24 +603,21 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
                 gemm<T>(3 * N, F, 2 * F, m.gvuv, 2 * F, blk.mix.W, F, m.gv, F, nullptr, true);
 
                 // message, by senders: atom k owns the share of edge (j, k, -S) = rev[e] for e = (k, j, S) in row k
-                gemm<T>(H, F3, K1, m.dbasis, K1, net.filt + b * F3, FB3, m.dW, F3, nullptr, false);
                 const T* phi = m.phi[b];
                 const T* v = m.vin[b];
-                const T* Wb = m.W + b * H * F3;
 #pragma omp for schedule(static)
                 for (int64_t i = 0; i < N; ++i) {
                     std::memset(m.gphi + i * F3, 0, sizeof(T) * F3);
                     std::memset(m.gv2 + i * F3, 0, sizeof(T) * F3);
                 }
-                pair_traversal(N, rowptr, col, rev, scratch, [&](int64_t k, int64_t e2) {
+                pair_traversal<T>(N, rowptr, col, rev, half, K1, F3, m.basis, m.dbasis, net.filt + b * F3, FB3, scratch,
+                                  [&](int64_t k, int64_t e2, const T* we, const T* dwe) {
                     const int64_t i = col[e2];  // receiver of edge e = (i, k, S)
                     const int64_t e = rev[e2];
                     const T* pj = phi + k * F3;
                     const T* vj = v + k * F3;
                     T* gp = m.gphi + k * F3;
                     T* acc = m.gv2 + k * F3;  // sum_e g_dv[i] W_v(e), times phi_v[k] below
-                    const T* we = Wb + half[e] * F3;
-                    const T* dwe = m.dW + half[e] * F3;
                     const T* gsi = m.gs + i * F;
                     const T* gvi = m.gv + i * F3;
                     const T d0 = m.dir[3 * e], d1 = m.dir[3 * e + 1], d2 = m.dir[3 * e + 2];
@@ -651,7 +700,6 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
         _mm_setcsr(saved_csr);
 #endif
     }
-    if (arena.keep.size() > arena.limit) std::vector<unsigned char>().swap(arena.keep);
     return 0;
 }
 
