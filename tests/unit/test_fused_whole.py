@@ -224,3 +224,20 @@ def test_a_fresh_build_compiles_and_runs(fresh_build, monkeypatch):
     numbers, positions, vectors, edge_index, csr = graph([organic_molecule()], torch.float64)
     energies, _, _ = whole.evaluate(whole.pack(model), numbers, vectors.detach(), *csr)
     assert deviation(energies, eager(model, numbers, positions, vectors, edge_index)[0]) <= F64_TOLERANCE
+
+
+def test_edge_gradients_give_the_stress():
+    """sum_e r_e ⊗ dE/dr_e is dE/dε (x' = x (1 + ε)): symmetrised and over the volume, the model's stress."""
+    from mlff_calc import _keys as K
+
+    atoms = small_triclinic_cell()
+    model = make_model(16, 2, torch.float64)
+    model.fused = False
+    numbers, _, vectors, _, csr = graph([atoms], torch.float64)
+    _, _, edge_grad = whole.evaluate(whole.pack(model), numbers, vectors.detach(), *csr)
+    de_dstrain = vectors.detach().T @ edge_grad
+    stress = 0.5 * (de_dstrain + de_dstrain.T) / atoms.get_volume()
+    data = {K.ATOMIC_NUMBERS: atoms.numbers, K.POSITIONS: torch.tensor(atoms.positions),
+            K.CELL: torch.tensor(atoms.cell.array), K.PBC: torch.tensor(atoms.pbc)}  # fmt: skip
+    expected = model(data, compute_stress=True)[K.STRESS][0]
+    assert deviation(stress, expected) <= F64_TOLERANCE
