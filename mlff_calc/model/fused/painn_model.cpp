@@ -119,17 +119,22 @@ inline void row_panel(int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
     if (q < N) tile_rest<T>(MR_, N - q, K, A, lda, B + q, ldb, C + q, ldc, bias ? bias + q : nullptr, accumulate);
 }
 
-// Rows r0 .. r0 + mr (mr <= MR) of C = init + A B, on the calling thread.
+// mr rows of C = init + A B, on the calling thread, MR rows at a time.
 template <typename T>
 void panel(int64_t mr, int64_t N, int64_t K, const T* a, int64_t lda, const T* B, int64_t ldb, T* c, int64_t ldc,
            const T* bias, bool accumulate) {
-    switch (mr) {
+    for (int64_t r0 = 0; r0 < mr; r0 += MR) {
+        const int64_t rows = mr - r0 < MR ? mr - r0 : MR;
+        const T* ar = a + r0 * lda;
+        T* cr = c + r0 * ldc;
+        switch (rows) {
 #define MLFF_CASE(R) \
-    case R: row_panel<T, (R <= MR ? R : 1)>(N, K, a, lda, B, ldb, c, ldc, bias, accumulate); break;
-        MLFF_CASE(12) MLFF_CASE(11) MLFF_CASE(10) MLFF_CASE(9) MLFF_CASE(8) MLFF_CASE(7)
-        MLFF_CASE(6) MLFF_CASE(5) MLFF_CASE(4) MLFF_CASE(3) MLFF_CASE(2)
+    case R: row_panel<T, (R <= MR ? R : 1)>(N, K, ar, lda, B, ldb, cr, ldc, bias, accumulate); break;
+            MLFF_CASE(12) MLFF_CASE(11) MLFF_CASE(10) MLFF_CASE(9) MLFF_CASE(8) MLFF_CASE(7)
+            MLFF_CASE(6) MLFF_CASE(5) MLFF_CASE(4) MLFF_CASE(3) MLFF_CASE(2)
 #undef MLFF_CASE
-        default: row_panel<T, 1>(N, K, a, lda, B, ldb, c, ldc, bias, accumulate); break;
+            default: row_panel<T, 1>(N, K, ar, lda, B, ldb, cr, ldc, bias, accumulate); break;
+        }
     }
 }
 
