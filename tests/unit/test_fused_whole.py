@@ -242,3 +242,13 @@ def test_edge_gradients_give_the_stress():
             K.CELL: torch.tensor(atoms.cell.array), K.PBC: torch.tensor(atoms.pbc)}  # fmt: skip
     expected = model(data, compute_stress=True)[K.STRESS][0]
     assert deviation(stress, expected) <= F64_TOLERANCE
+
+
+def test_release_workspace_then_evaluate_again():
+    model = make_model(8, 1, torch.float64)
+    numbers, _, vectors, _, csr = graph([organic_molecule()], torch.float64)
+    packed = whole.pack(model)
+    before = whole.evaluate(packed, numbers, vectors.detach(), *csr)
+    whole.release_workspace()
+    after = whole.evaluate(packed, numbers, vectors.detach(), *csr)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))

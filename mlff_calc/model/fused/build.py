@@ -117,6 +117,8 @@ def _declare_whole(lib: ctypes.CDLL) -> None:
         fn = getattr(lib, f"painn_whole_{suffix}")
         fn.argtypes = [ptr, ptr, i64, i64, i64] + [ptr] * 9 + [cint, cint]
         fn.restype = cint
+    lib.painn_whole_release.argtypes = []
+    lib.painn_whole_release.restype = None
 
 
 _MESSAGE = _Kernel(SOURCE, "mlff_abi_version", 3, _declare_message)
