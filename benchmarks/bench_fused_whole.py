@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _systems import build  # noqa: E402
+from _systems import build
 
-from mlff_calc import _keys as K  # noqa: E402
-from mlff_calc.model.fused import whole  # noqa: E402
-from mlff_calc.model.student import StudentForceField, randomize_parameters  # noqa: E402
-from mlff_calc.neighbors import csr_rowptr, neighbor_list, reverse_edges  # noqa: E402
-from mlff_calc.testing.structures import organic_molecule  # noqa: E402
+from mlff_calc import _keys as K
+from mlff_calc.model.fused import whole
+from mlff_calc.model.student import StudentForceField, randomize_parameters
+from mlff_calc.neighbors import csr_rowptr, neighbor_list, reverse_edges
+from mlff_calc.testing.structures import organic_molecule
 
 
 def prepare(atoms, hidden, dtype):
@@ -79,7 +79,8 @@ def bench(name, atoms, hidden, dtype, threads, calls, paths):
             wall[key].append(time.perf_counter() - t)
             cpu[key].append(time.process_time() - c)
     cells = "  ".join(
-        f"{k} {statistics.median(wall[k]) * 1e3:9.3f} ms (cpu {statistics.median(cpu[k]) * 1e3:8.3f})" for k in contenders
+        f"{k} {statistics.median(wall[k]) * 1e3:9.3f} ms (cpu {statistics.median(cpu[k]) * 1e3:8.3f})"
+        for k in contenders
     )
     print(f"{name:9s} N={len(atoms):6d} E={graph[1].shape[0]:7d} F={hidden:3d} {str(dtype)[6:]:7s} "
           f"threads={threads} calls={calls}  {cells}", flush=True)  # fmt: skip

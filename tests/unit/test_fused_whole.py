@@ -112,7 +112,8 @@ def test_whole_equals_eager_autograd_float64(name, hidden, blocks):
     reference = eager(model, numbers, positions, vectors, edge_index)
     assert energies.shape == (len(numbers),) and forces.shape == (len(numbers), 3) and edge_grad.shape == vectors.shape
     assert energies.dtype == forces.dtype == edge_grad.dtype == torch.float64 and not energies.requires_grad
-    for what, actual, expected in zip(("energies", "forces", "edge gradients"), (energies, forces, edge_grad), reference):
+    names = ("energies", "forces", "edge gradients")
+    for what, actual, expected in zip(names, (energies, forces, edge_grad), reference):
         assert deviation(actual, expected) <= F64_TOLERANCE, f"{what}: {deviation(actual, expected):.3g}"
     if name == "isolated_atom":
         assert torch.equal(forces[-1], torch.zeros(3, dtype=torch.float64))
@@ -136,7 +137,7 @@ def test_whole_float32_is_as_accurate_as_eager_float32(name, hidden, blocks):
 def test_no_edges_at_all():
     model = make_model(16, 2, torch.float64)
     atoms = Atoms("CO", positions=[[0, 0, 0], [0, 0, 12.0]])
-    numbers, positions, vectors, edge_index, csr = graph([atoms], torch.float64)
+    numbers, _, vectors, edge_index, csr = graph([atoms], torch.float64)
     assert vectors.shape == (0, 3)
     energies, forces, edge_grad = whole.evaluate(whole.pack(model), numbers, vectors.detach(), *csr)
     with torch.no_grad():

@@ -11,4 +11,4 @@ from . import whole
 from .build import available, load_library
 from .message import fused_message
 
-__all__ = ["available", "load_library", "fused_message", "whole"]
+__all__ = ["available", "fused_message", "load_library", "whole"]
