@@ -12,7 +12,6 @@ import math
 import torch
 from torch import nn
 
-from .fused import fused_message
 
 
 class GaussianRBF(nn.Module):
@@ -74,12 +73,6 @@ class PaiNNMessage(nn.Module):
         s = s.index_add(0, i, ds)
         v = v.index_add(0, i, dv)
         return s, v
-
-    def fused(self, s, v, pair_filters, directions, rowptr, col, reverse, half):
-        """The same message by the fused CPU kernel (first derivatives only); ``pair_filters (P, 3F)``
-        holds one row per pair, ``half (E,)`` says which row each edge reads. Not scripted."""
-        ds, dv = fused_message(self.scalar_mlp(s), pair_filters, directions, v, rowptr, col, reverse, half)
-        return s + ds, v + dv
 
 
 class PaiNNUpdate(nn.Module):
@@ -148,28 +141,4 @@ class PaiNN(nn.Module):
             s, v = message(s, v, filters[k], directions, edge_index)
             s, v = update(s, v)
             k += 1
-        return s
-
-    @torch.jit.unused
-    def forward_fused(
-        self,
-        atomic_numbers: torch.Tensor,
-        vectors: torch.Tensor,
-        rowptr: torch.Tensor,
-        col: torch.Tensor,
-        reverse: torch.Tensor,
-        half: torch.Tensor,
-        pairs: torch.Tensor,
-    ) -> torch.Tensor:
-        """:meth:`forward` with the fused CPU message kernel, on a receiver-sorted CSR graph
-        (see :class:`mlff_calc.graph.Graph`); first derivatives only (inference)."""
-        distances = torch.linalg.vector_norm(vectors, dim=-1)
-        directions = vectors / distances[:, None]
-        # Filters depend on |r_ij| only: computed once per pair, both directions read the same row.
-        filters = self.radial_filters(distances[pairs])
-        s = self.embedding(atomic_numbers)
-        v = s.new_zeros((s.shape[0], 3, self.hidden_dim))
-        for message, update, w in zip(self.messages, self.updates, filters):
-            s, v = message.fused(s, v, w, directions, rowptr, col, reverse, half)
-            s, v = update(s, v)
         return s

@@ -5,6 +5,7 @@ Energy is the network's only output; forces and stress are its derivatives (``gr
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from ..graph import Graph, graph_from_tensors
 from . import fused
 from .grad_output import forces_from_edges, strain_derivative_from_edges, stress_from_virial, structure_energies
 from .painn import PaiNN
+
+
+# model -> (its tensors, their (data_ptr, version) key, the kernel's packed copy): see _packed_weights.
+_KERNEL_PACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class StudentForceField(nn.Module):
@@ -70,7 +75,7 @@ class StudentForceField(nn.Module):
         self.register_buffer("shift", torch.zeros(()))  # eV per atom
         # Free-form information carried in checkpoints (teacher, elements seen in training, metrics ...).
         self.metadata: dict[str, Any] = {}
-        # Fused CPU kernels for inference (eval mode, CPU tensors); training always runs eager PyTorch,
+        # The whole-model CPU kernel for inference (eval mode, CPU tensors); training always runs eager PyTorch,
         # whose graph can be differentiated twice (forces in the loss).
         self.fused = True
 
@@ -106,25 +111,33 @@ class StudentForceField(nn.Module):
         return self.scale * self.readout(features).squeeze(-1) + self.shift + self.atom_ref[numbers]
 
     def atomic_energies(self, graph: Graph, vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-atom energies ``(N,)`` eV of ``graph`` at edge vectors ``vectors (E, 3)`` (default: the graph's)."""
+        """Per-atom energies ``(N,)`` eV of ``graph`` at edge vectors ``vectors (E, 3)`` (default: the graph's),
+        by the eager PyTorch path (differentiable)."""
         vectors = graph.vectors if vectors is None else vectors
-        if self.use_fused_path(graph):
-            features = self.representation.forward_fused(
-                graph.numbers, vectors, graph.rowptr, graph.edge_index[1], graph.reverse, graph.half, graph.pairs
-            )
-        else:
-            features = self.representation(graph.numbers, vectors, graph.edge_index)
-        return self.energy_head(graph.numbers, features)
+        return self.energy_head(graph.numbers, self.representation(graph.numbers, vectors, graph.edge_index))
 
     def use_fused_path(self, graph: Graph) -> bool:
-        """Fused kernels run for CPU inference when they could be built here; eager PyTorch otherwise."""
-        return (
-            self.fused
-            and not self.training
-            and self.device.type == "cpu"
-            and graph.edge_index.shape[1] > 0
-            and fused.available()
-        )
+        """The whole-model CPU kernel runs inference when it could be built here; eager PyTorch otherwise
+        (training needs a twice-differentiable graph; CUDA has no kernel)."""
+        return self.fused and not self.training and self.device.type == "cpu" and fused.available()
+
+    def _packed_weights(self) -> "fused.whole.PackedModel":
+        """The kernel's copy of the weights, re-packed whenever a parameter or buffer changed: in place
+        (an optimiser step, ``load_state_dict``: the tensor's version counter moves) or by ``.to()``.
+
+        Kept outside the module (``_KERNEL_PACKS``), so deepcopy, pickling and DDP never see it."""
+        tensors, key, packed = _KERNEL_PACKS.get(self, (None, None, None))
+        if tensors is None:
+            tensors = [*self.parameters(), *self.buffers()]
+        now = tuple((t.data_ptr(), t._version) for t in tensors)
+        if now != key:
+            packed = fused.whole.pack(self)
+        _KERNEL_PACKS[self] = (tensors, now, packed)
+        return packed
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), .cpu(): new tensors, a new pack
+        _KERNEL_PACKS.pop(self, None)
+        return super()._apply(fn, *args, **kwargs)
 
     def inference(
         self, graph: Graph, want_stress: bool = False
@@ -142,12 +155,13 @@ class StudentForceField(nn.Module):
 
     def energies_and_gradients(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``energies (N,)``, ``forces (N, 3)`` and ``edge_grad (E, 3) = ∂E/∂r_e``: the one place that runs
-        the network. The whole-model kernel (``model/fused/whole.py``) plugs in here, for inference::
-
-            if not self.training and <whole-model kernel available>:
-                return whole.evaluate(self._packed, graph.numbers, graph.vectors, graph.rowptr,
-                                      graph.edge_index[1], graph.reverse, graph.half, graph.n_pairs, True)
-        """
+        the network — the whole-model C++ kernel for CPU inference (forward and analytic gradient in one
+        call, :mod:`.fused.whole`), else eager PyTorch with autograd (training, CUDA, no compiler)."""
+        if self.use_fused_path(graph):
+            return fused.whole.evaluate(
+                self._packed_weights(), graph.numbers, graph.vectors, graph.rowptr, graph.edge_index[1],
+                graph.reverse, graph.half, graph.n_pairs,
+            )
         with torch.enable_grad():
             vectors = graph.vectors.detach().requires_grad_(True)
             energies = self.atomic_energies(graph, vectors)

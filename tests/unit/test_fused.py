@@ -1,4 +1,5 @@
-"""The fused CPU kernels compute the eager path's energy, forces and stress to round-off."""
+"""The whole-model CPU kernel, run through the model, computes the eager path's energy, forces and stress to
+round-off, and the model falls back to the eager path where the kernel cannot run."""
 
 import numpy as np
 import pytest
@@ -66,14 +67,28 @@ def test_calculator_fallback_without_kernels(monkeypatch):
     np.testing.assert_allclose(atoms.get_forces(), fast, atol=1e-12)
 
 
-def test_build_failure_falls_back_with_a_warning(monkeypatch, tmp_path):
-    from mlff_calc.model.fused import build
-
-    monkeypatch.setattr(build, "_LIB", None)
-    monkeypatch.setattr(build, "_TRIED", False)
-    monkeypatch.setenv("MLFF_CALC_CACHE", str(tmp_path))
-    monkeypatch.setattr(build.shutil, "which", lambda name: None)
-    monkeypatch.delenv("CXX", raising=False)
-    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-        assert build.load_library() is None
-    assert not list(tmp_path.rglob("*.so"))
+def test_kernel_sees_weight_changes():
+    """The kernel packs a copy of the weights: an in-place change (an optimiser step, load_state_dict) or a
+    dtype change must reach it, or validation during training would score stale weights."""
+    model = randomize_parameters(StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8), seed=4)
+    model = model.to(torch.float64).eval()
+    atoms = organic_molecule()
+    data = {K.ATOMIC_NUMBERS: atoms.numbers, K.POSITIONS: torch.tensor(atoms.positions)}
+    before = model(data)[K.ENERGY]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    after = model(data)[K.ENERGY]
+    model.fused = False
+    torch.testing.assert_close(after, model(data)[K.ENERGY], rtol=0, atol=1e-12)
+    assert not torch.allclose(before, after)
+    model.fused = True
+    model.load_state_dict(randomize_parameters(StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8),
+                                               seed=5).state_dict())
+    reloaded = model(data)[K.ENERGY]
+    model.fused = False
+    torch.testing.assert_close(reloaded, model(data)[K.ENERGY], rtol=0, atol=1e-12)
+    model.fused = True
+    single = model.float()(data)[K.ENERGY]
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), reloaded, rtol=1e-5, atol=1e-5)

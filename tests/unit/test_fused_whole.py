@@ -16,7 +16,7 @@ from ase import Atoms
 from mlff_calc.errors import InputError
 from mlff_calc.model.fused import build, whole
 from mlff_calc.model.student import StudentForceField, randomize_parameters
-from mlff_calc.neighbors import csr_rowptr, neighbor_list, reverse_edges
+from mlff_calc.graph import build_graph
 from mlff_calc.testing.structures import organic_molecule, slab, small_triclinic_cell
 
 F64_TOLERANCE = 1e-12
@@ -53,29 +53,18 @@ def make_model(hidden, blocks, dtype, seed=0):
 
 
 def graph(structures, dtype):
-    """Batched graph: positions (requires grad), vectors (a function of them) and the kernel's CSR inputs."""
-    numbers, positions, edges, shifts, cells, offset = [], [], [], [], [], 0
-    for atoms in structures:
-        e, s = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
-        numbers.append(atoms.numbers)
-        positions.append(atoms.positions)
-        edges.append(e + offset)
-        shifts.append(s)
-        cells.append(np.repeat(atoms.cell.array[None], e.shape[1], axis=0))
-        offset += len(atoms)
-    numbers = torch.as_tensor(np.concatenate(numbers))
-    positions = torch.tensor(np.concatenate(positions), dtype=dtype, requires_grad=True)
-    edge_index = torch.as_tensor(np.concatenate(edges, axis=1))
-    shifts = torch.as_tensor(np.concatenate(shifts))
-    cells = torch.tensor(np.concatenate(cells), dtype=dtype)
-    i, j = edge_index
-    vectors = positions[j] - positions[i] + torch.einsum("ea,eab->eb", shifts.to(dtype), cells)
-    n = len(numbers)
-    reverse = reverse_edges(edge_index, shifts, n)
-    order = torch.arange(reverse.shape[0])
-    half = (torch.cumsum(order < reverse, 0) - 1)[torch.minimum(order, reverse)]
-    csr = (csr_rowptr(i, n), j.contiguous(), reverse, half, reverse.shape[0] // 2)
-    return numbers, positions, vectors, edge_index, csr
+    """Batched graph (the one builder, ``mlff_calc.graph``): positions (requires grad), vectors (a function of
+    them) and the kernel's CSR inputs."""
+    g = build_graph(
+        np.concatenate([a.numbers for a in structures]), np.concatenate([a.positions for a in structures]),
+        np.stack([a.cell.array for a in structures]), np.stack([a.pbc for a in structures]),
+        [len(a) for a in structures], 5.0, dtype,
+    )
+    positions = g.positions.detach().clone().requires_grad_(True)
+    i, j = g.edge_index
+    vectors = positions[j] - positions[i] + torch.einsum("ea,eab->eb", g.cell_shifts, g.cell[g.batch[i]])
+    csr = (g.rowptr, j.contiguous(), g.reverse, g.half, g.n_pairs)
+    return g.numbers, positions, vectors, g.edge_index, csr
 
 
 def eager(model, numbers, positions, vectors, edge_index):

@@ -1,12 +1,9 @@
-"""Compile the fused kernels into shared libraries once per machine and load them with ctypes.
+"""Compile the whole-model kernel (``painn_model.cpp``, :mod:`.whole`) once per machine; load it with ctypes.
 
-Two sources, each its own library (a failure in one leaves the other usable):
-``painn_message.cpp`` (the message step, used inside the eager model) and ``painn_model.cpp`` (the whole
-network with its gradient, :mod:`.whole`). No torch headers are involved (the kernels take raw
-pointers), so a build takes about a second. A library lands in ``$MLFF_CALC_CACHE`` (default
+No torch headers are involved (the kernel takes raw pointers), so a build takes a few seconds. A library lands in ``$MLFF_CALC_CACHE`` (default
 ``~/.cache/mlff_calc``) under a name derived from the source, the compiler flags and the CPU's feature
 flags (``-march=native``); it is written to a temporary file and renamed, under a file lock, so
-concurrent processes never load half a library. ``MLFF_CALC_NO_FUSED=1`` disables both.
+concurrent processes never load half a library. ``MLFF_CALC_NO_FUSED=1`` disables it.
 """
 
 from __future__ import annotations
@@ -17,14 +14,14 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from ...io import commit, temporary_path
 from collections.abc import Callable
 
 HERE = Path(__file__).parent
-SOURCE = HERE / "painn_message.cpp"
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"],
     ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17"],  # if the compiler rejects -march=native
@@ -40,11 +37,6 @@ class _Kernel:
     flag_sets: tuple[list[str], ...] = FLAG_SETS
     lib: ctypes.CDLL | None = None
     tried: bool = False
-
-
-# Kept as module attributes for the message kernel (tests reset them to force a rebuild).
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
 
 
 def _cache_dir() -> Path:
@@ -67,13 +59,12 @@ def _compile(source: Path, flag_sets: tuple[list[str], ...], target: Path) -> No
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     errors = []
     for flags in flag_sets:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
-        os.close(fd)
-        result = subprocess.run([compiler, *flags, str(source), "-o", tmp], capture_output=True, text=True)
+        tmp = temporary_path(target)
+        result = subprocess.run([compiler, *flags, str(source), "-o", str(tmp)], capture_output=True, text=True)
         if result.returncode == 0:
-            os.replace(tmp, target)
+            commit(tmp, target)  # fsync + rename + directory fsync (mlff_calc.io)
             return
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         errors.append(result.stderr.strip()[-500:])
     raise RuntimeError(f"compiling the fused PaiNN kernel {source.name} failed:\n" + "\n".join(errors))
 
@@ -102,15 +93,6 @@ def _build_and_load(kernel: _Kernel) -> ctypes.CDLL | None:
     return lib
 
 
-def _declare_message(lib: ctypes.CDLL) -> None:
-    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    for suffix in ("f32", "f64"):
-        getattr(lib, f"painn_message_forward_{suffix}").argtypes = [i64, i64, i64] + [ptr] * 9 + [cint]
-        getattr(lib, f"painn_message_forward_{suffix}").restype = None
-        getattr(lib, f"painn_message_backward_{suffix}").argtypes = [i64, i64, i64] + [ptr] * 14 + [cint]
-        getattr(lib, f"painn_message_backward_{suffix}").restype = None
-
-
 def _declare_whole(lib: ctypes.CDLL) -> None:
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
@@ -121,7 +103,6 @@ def _declare_whole(lib: ctypes.CDLL) -> None:
     lib.painn_whole_release.restype = None
 
 
-_MESSAGE = _Kernel(SOURCE, "mlff_abi_version", 3, _declare_message)
 # -fno-math-errno lets exp/sqrt vectorise (libmvec); it changes no result, only errno. 512-bit vectors in
 # the edge loops where the CPU has them (GCC prefers 256 on recent Intel): -25% time on a water box.
 _WHOLE = _Kernel(
@@ -137,27 +118,12 @@ _WHOLE = _Kernel(
 )
 
 
-def load_library() -> ctypes.CDLL | None:
-    """The message-kernel library, building it if needed; ``None`` when unavailable (warns once)."""
-    global _LIB, _TRIED
-    if _TRIED:
-        return _LIB
-    _TRIED = True
-    _LIB = _build_and_load(_MESSAGE)
-    return _LIB
-
-
 def load_whole_library() -> ctypes.CDLL | None:
     """The whole-model library (:mod:`.whole`), building it if needed; ``None`` when unavailable (warns once)."""
     if not _WHOLE.tried:
         _WHOLE.tried = True
         _WHOLE.lib = _build_and_load(_WHOLE)
     return _WHOLE.lib
-
-
-def available() -> bool:
-    """Whether the message kernel (used by the eager model's fused path) could be built here."""
-    return load_library() is not None
 
 
 def whole_available() -> bool:
