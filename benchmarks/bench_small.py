@@ -10,8 +10,10 @@ depend on them):
   Gaussian noise of 0.01 Å (as in MD: a real recomputation each call, the skin list is kept); then
   ``atoms.get_forces()`` (energy and forces) is timed. Students with 64 features (the quickstart's) and 128
   (the default), 3 blocks, 5 Å; GFN2-xTB (tblite) on the same inputs.
-- **batch**: 64 ethanol molecules, each displaced; ``batch_calculate`` of all 64 against 64 one-by-one
-  ``calculate`` calls on 64 calculators (64 independent replicas), atoms·calls/s of each.
+- **batch**: 64 different ethanol geometries; one ``batch_calculate`` against 64 one-by-one calls on one
+  calculator, atoms·calls/s of each (``bench_calc_overhead.batch_ratio``).
+- **overhead**: the whole ASE round trip of ``calculate`` with the model call replaced by a stub
+  (``bench_calc_overhead.overhead``): base class, validation, skin check, graph, results.
 
 Each contender runs in its own process (``--baseline-src`` puts another checkout's ``mlff_calc`` first on
 the path for its rows), and the contenders take turns round by round, so a load spike on the shared
@@ -84,29 +86,19 @@ def _per_call(opts: dict) -> dict:
 
 
 def _batch(opts: dict) -> dict:
-    base = _ethanol()
-    rng = np.random.default_rng(0)
-    n = opts["replicas"]
-    images = [base.copy() for _ in range(n)]
-    calcs = [_student(opts["hidden"]) for _ in range(n)]
-    batch_calc = calcs[0]
-    single, batched = [], []
-    for i in range(opts["warmup"] // 4 + opts["rounds_inner"]):
-        for atoms in images:
-            atoms.positions = base.positions + rng.normal(0.0, 0.01, (len(base), 3))
-        t0 = time.perf_counter()
-        for atoms, calc in zip(images, calcs):
-            calc.calculate(atoms, ["energy", "forces"])
-        t1 = time.perf_counter()
-        batch_calc.batch_calculate(images, ["energy", "forces"])
-        t2 = time.perf_counter()
-        if i >= opts["warmup"] // 4:
-            single.append(t1 - t0)
-            batched.append(t2 - t1)
-    atoms_calls = n * len(base)
-    return {"one_by_one_atoms_calls_per_s": atoms_calls / float(np.median(single)),
-            "batch_atoms_calls_per_s": atoms_calls / float(np.median(batched)),
-            "one_by_one_ms": 1e3 * float(np.median(single)), "batch_ms": 1e3 * float(np.median(batched))}
+    from bench_calc_overhead import batch_ratio  # 64 ethanols (one calculator) vs one batch_calculate
+
+    b = batch_ratio("float32", n=opts["replicas"], repeats=opts["rounds_inner"])
+    return {"one_by_one_atoms_calls_per_s": b["one_by_one_atoms_per_s"],
+            "batch_atoms_calls_per_s": b["batch_atoms_per_s"], "one_by_one_ms": b["one_by_one_ms"],
+            "batch_ms": b["batch_ms"]}
+
+
+def _overhead(opts: dict) -> dict:
+    from bench_calc_overhead import overhead  # the ASE round trip with the model call stubbed out
+
+    o = overhead("float32", opts["overhead_repeats"])
+    return {"overhead_ms": o["overhead_ms"], "model_ms": o["model_ms"], "total_ms": o["total_ms"]}
 
 
 def run_worker(opts: dict) -> None:
@@ -116,7 +108,7 @@ def run_worker(opts: dict) -> None:
     import mlff_calc
 
     emit(event="info", versions=versions(), threads=1, src=str(Path(mlff_calc.__file__).parent.parent))
-    result = _batch(opts) if opts["mode"] == "batch" else _per_call(opts)
+    result = {"batch": _batch, "overhead": _overhead, "call": _per_call}[opts["mode"]](opts)
     emit(event="result", median_ms=result.get("median_ms", 0.0), **{k: v for k, v in result.items() if k != "median_ms"})
 
 
@@ -132,8 +124,10 @@ def contenders(baseline_src: str | None) -> list[dict]:
     rows.append({"label": "GFN2-xTB (tblite)", "model": "gfn2-xtb", "hidden": None, "src": str(ROOT), "mode": "call"})
     for src, label in ((str(ROOT), "student"), (baseline_src, "student (baseline)")):
         if src is not None:
-            rows.append({"label": f"{label}, hidden 64, 64 ethanols", "model": "student", "hidden": 64, "src": src,
-                         "mode": "batch"})
+            rows.append({"label": f"{label}, hidden 128, 64 ethanols", "model": "student", "hidden": 128,
+                         "src": src, "mode": "batch"})
+            rows.append({"label": f"{label}, hidden 128", "model": "student", "hidden": 128, "src": src,
+                         "mode": "overhead", "key": "overhead"})
     return rows
 
 
@@ -159,14 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict]] = {r["label"]: [] for r in rows}
     for rnd in range(args.rounds):
         for row in rows:
-            opts = dict(row, threads=1, warmup=20, max_calls=20000, seconds=args.seconds, replicas=64, rounds_inner=5)
+            opts = dict(row, threads=1, warmup=20, max_calls=20000, seconds=args.seconds, replicas=64, rounds_inner=5,
+                        overhead_repeats=2000)
             rec = run_one(__file__, opts, timeout_s=600, max_mem_gib=8, src=row["src"])
             if "skipped" in rec:
                 print(f"[round {rnd + 1}] {row['label']}: {rec['skipped']}", flush=True)
                 continue
             records[row["label"]].append(rec)
-            what = (f"{rec['median_ms']:.3f} ms/call" if row["mode"] == "call" else
-                    f"batch {rec['batch_ms']:.1f} ms vs one-by-one {rec['one_by_one_ms']:.1f} ms")
+            what = {"call": lambda: f"{rec['median_ms']:.3f} ms/call",
+                    "batch": lambda: f"batch {rec['batch_ms']:.1f} ms vs one-by-one {rec['one_by_one_ms']:.1f} ms",
+                    "overhead": lambda: f"overhead {rec['overhead_ms']:.4f} ms (model {rec['model_ms']:.3f} ms)"}
+            what = what[row["mode"]]()
             print(f"[round {rnd + 1}] {row['label']}: {what}", flush=True)
 
     info = machine_info([r for recs in records.values() for r in recs])
@@ -202,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         one, bat = med(recs, "one_by_one_atoms_calls_per_s"), med(recs, "batch_atoms_calls_per_s")
         lines.append(f"| {row['label']} | {one:,.0f} | {bat:,.0f} | **{bat / one:.1f}x** |")
+    lines += ["", "| Python overhead of `calculate` (ethanol, model call stubbed, thread CPU time) | overhead ms | "
+              "model call alone ms | whole `get_forces` ms |", "|---|---:|---:|---:|"]
+    for row in rows:
+        recs = records[row["label"]]
+        if row["mode"] == "overhead" and recs:
+            lines.append(f"| {row['label']} | **{med(recs, 'overhead_ms'):.4f}** | {med(recs, 'model_ms'):.3f} | "
+                         f"{med(recs, 'total_ms'):.3f} |")
     body = "\n".join(lines) + "\n"
     print("\n" + body)
     if args.write:
