@@ -49,7 +49,7 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
 
     Returns the content of ``metrics.json``: sections ``errors`` (``energy_mae_ev_per_atom``,
     ``force_mae_ev_per_ang``, ``force_rmse_ev_per_ang``, ``force_cosine_mean``, ``stress_mae_ev_per_ang3``
-    ...), ``speed`` (``student_ms_per_call``, ``teacher_ms_per_call``, ``speedup``), ``nve`` (``student`` and
+    ...), ``speed`` (``student_ms_per_call``, ``teacher_ms_per_call``, ``speed_ratio``), ``nve`` (``student`` and
     ``teacher`` runs: ``ok``, ``drift_mev_per_atom_ps``, ``max_deviation_mev_per_atom``, ``ns_per_day``),
     ``rdf`` (or None), ``figures`` and ``provenance``.
 
@@ -135,7 +135,7 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
     student_speed = _fresh_student(calc)
     speed = time_calls({"student": student_speed, "teacher": teacher_calc}, [images[i] for i in picks],
                        progress=progress)
-    speed["speedup"] = speed["teacher_ms_per_call"] / speed["student_ms_per_call"]  # > 1: student faster
+    speed["speed_ratio"] = speed["teacher_ms_per_call"] / speed["student_ms_per_call"]  # > 1: student faster
 
     # --- NVE and RDFs -----------------------------------------------------------------------------------
     out = Path(out)

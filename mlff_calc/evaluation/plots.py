@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import io
+
 MAX_POINTS = 50_000  # scatter points drawn at most (a random subset beyond that: same picture, small file)
 
 
@@ -20,7 +22,8 @@ def _figure(ncols: int = 1, width: float = 5.5):
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def parity(path: Path, f_teacher, f_student, e_teacher_pa, e_student_pa, force_mae: float,

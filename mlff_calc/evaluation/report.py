@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from ase.data import chemical_symbols
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from .. import io
 
 
 def _plain(value: Any) -> Any:
@@ -33,7 +28,7 @@ def _plain(value: Any) -> Any:
 def write_json(path: Path, payload: dict) -> dict:
     """Write ``payload`` as JSON and return the JSON-clean copy that was written."""
     clean = _plain(payload)
-    _atomic_write(path, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
+    io.write_text(path, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
     return clean
 
 
@@ -111,7 +106,7 @@ def _speed(m: dict) -> list[str]:
         lines.append(f"| {row['formula']} | {row['n_atoms']} | {_f(row['student_ms'], '.3g')} | "
                      f"{_f(row['teacher_ms'], '.3g')} | {_f(ratio, '.3g')}x |")
     lines.append(f"| **all** | | **{_f(s['student_ms_per_call'], '.3g')}** | "
-                 f"**{_f(s['teacher_ms_per_call'], '.3g')}** | **{_f(s['speedup'], '.3g')}x** |")
+                 f"**{_f(s['teacher_ms_per_call'], '.3g')}** | **{_f(s['speed_ratio'], '.3g')}x** |")
     return lines
 
 
@@ -159,4 +154,4 @@ def write_report(path: Path, m: dict) -> None:
     """Markdown report of the metrics dict ``m`` (as returned by ``compare``); figures by relative path."""
     lines = _header(m) + _errors(m) + _speed(m) + _nve(m) + _rdf(m)
     lines += ["", "All numbers, with units in their names, are in `metrics.json`.", ""]
-    _atomic_write(path, "\n".join(lines))
+    io.write_text(path, "\n".join(lines))

@@ -24,6 +24,7 @@ import torch
 
 from ..data.hdf5 import DatasetReader
 from ..data.torch_dataset import H5Dataset, collate
+from ..errors import DataError, InputError
 from .config import TrainConfig
 
 
@@ -56,7 +57,7 @@ def check_labels(arrays: dict[str, np.ndarray], reader: DatasetReader,
         bad = np.flatnonzero(per_frame_bad)
         if len(bad):
             more = f" (and {len(bad) - 1} more frames)" if len(bad) > 1 else ""
-            raise ValueError(f"{path}: {_frame_name(int(bad[0]), reader)} has {what}{more}")
+            raise DataError(f"{path}: {_frame_name(int(bad[0]), reader)} has {what}{more}")
 
     def per_frame(atom_values: np.ndarray) -> np.ndarray:  # (A,) bool -> (S,) count per frame
         if not len(atom_values):
@@ -74,7 +75,7 @@ def check_labels(arrays: dict[str, np.ndarray], reader: DatasetReader,
     if has_forces:
         first_bad(unlabelled, "no force labels (NaN) while other frames have them")
     elif need_forces:
-        raise ValueError(f"{path} has no force labels (every force is NaN); "
+        raise DataError(f"{path} has no force labels (every force is NaN); "
                          "set loss.force_weight: 0 to train on energies only")
 
     finite = np.isfinite(arrays["labels/stress"]).reshape(len(n_atoms), 9).sum(axis=1)
@@ -93,7 +94,7 @@ def split_sizes(n: int, val_size: float, test_size: float) -> tuple[int, int, in
     n_val, n_test = count(val_size), count(test_size)
     n_train = n - n_val - n_test
     if n_train < 1:
-        raise ValueError(f"the dataset has {n} frames: too few for {n_val} validation + {n_test} test "
+        raise InputError(f"the dataset has {n} frames: too few for {n_val} validation + {n_test} test "
                          "frames and at least one training frame; label more frames or lower "
                          "data.val_size/data.test_size")
     return n_train, n_val, n_test
@@ -104,7 +105,7 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
     path = config.data.path
     reader = DatasetReader(path)
     if len(reader) == 0:
-        raise ValueError(f"{path} holds no frames; label some structures first (mlff-calc label)")
+        raise DataError(f"{path} holds no frames; label some structures first (mlff-calc label)")
     arrays = reader.arrays()
     has_forces, _ = check_labels(arrays, reader, need_forces=config.loss.force_weight > 0)
 
@@ -114,6 +115,9 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
                         ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, len(reader))))
 
     numbers = arrays["structures/atomic_numbers"]
+    if len(numbers) and int(numbers.max()) > config.model.max_z:
+        raise InputError(f"config model.max_z: {config.model.max_z} is below atomic number {int(numbers.max())} "
+                         f"in {path}; raise model.max_z (at most 118)")
     frame_of_atom = np.repeat(np.arange(len(reader)), reader.n_atoms)
     elements = sorted(int(z) for z in np.unique(numbers[np.isin(frame_of_atom, train)]))
     unseen = sorted(set(np.unique(numbers).tolist()) - set(elements))

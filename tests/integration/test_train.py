@@ -21,7 +21,7 @@ from mlff_calc.data.hdf5 import write_frames
 from mlff_calc.training import load_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTPUTS = ["config.yaml", "last.pt", "learning_curve.png", "metrics.csv", "metrics.json", "student.pt"]
+OUTPUTS = [".lock", "config.yaml", "last.pt", "learning_curve.png", "metrics.csv", "metrics.json", "student.pt"]
 CONFIG = {  # tiny: every epoch is a fraction of a second on one thread
     "model": {"hidden_dim": 16, "num_interactions": 2, "num_rbf": 8, "cutoff": 3.5},
     "data": {"batch_size": 4, "val_size": 4, "test_size": 4},
@@ -70,7 +70,7 @@ def test_training_learns_and_the_student_serves_md(tmp_path, cu_data):
     losses = [row["val_loss"] for row in result.history]
     assert len(losses) == 8 and min(losses[1:]) < 0.5 * losses[0]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert result.stop_reason == "epochs" and result.test_metrics["force_mae"] < 0.5
+    assert result.stop_reason == "epochs" and result.test_metrics["force_mae_ev_per_ang"] < 0.5
     assert sorted(p.name for p in run.iterdir()) == OUTPUTS
     assert len((run / "metrics.csv").read_text().splitlines()) == 9
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -81,7 +81,7 @@ def test_training_learns_and_the_student_serves_md(tmp_path, cu_data):
     meta = calc.metadata
     assert meta["elements"] == [29] and meta["teacher"]["name"] == "emt" and meta["package_version"]
     assert set(meta["reference_energies"]) == {29} and meta["data"]["n_train"] == 20
-    assert meta["validation"]["epoch"] == result.best_epoch and "force_mae" in meta["test"]
+    assert meta["validation"]["epoch"] == result.best_epoch and "force_mae_ev_per_ang" in meta["test"]
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=1)
     atoms.calc = calc

@@ -147,7 +147,7 @@ def test_no_forces_is_an_error_unless_training_on_energies_only(tmp_path):
         train(config(path, tmp_path / "r"))
     result = train(config(path, tmp_path / "r", loss={"force_weight": 0.0}))
     test = result.test_metrics
-    assert math.isnan(test["force_mae"]) and math.isfinite(test["energy_mae_per_atom"])
+    assert math.isnan(test["force_mae_ev_per_ang"]) and math.isfinite(test["energy_mae_ev_per_atom"])
 
 
 def test_batch_larger_than_the_training_set_is_clamped_with_a_warning(tmp_path):
@@ -190,10 +190,10 @@ def test_loss_masks_unlabelled_stress_and_metrics_add_up_over_batches():
                    N_ATOMS: ref[N_ATOMS][sl]})
     a, b = whole.metrics(w), parts.metrics(w)
     assert a == pytest.approx(b) and a["loss"] == pytest.approx(loss.item(), rel=1e-6)
-    assert a["force_mae"] == pytest.approx((pred[K.FORCES] - ref[K.FORCES]).abs().mean().item())
+    assert a["force_mae_ev_per_ang"] == pytest.approx((pred[K.FORCES] - ref[K.FORCES]).abs().mean().item())
     perfect = ErrorSums()
     perfect.add(ref | {K.STRESS: torch.nan_to_num(ref[K.STRESS])}, ref)
-    assert perfect.metrics(w)["force_cosine"] == pytest.approx(1.0) and perfect.metrics(w)["loss"] == 0
+    assert perfect.metrics(w)["force_cosine_mean"] == pytest.approx(1.0) and perfect.metrics(w)["loss"] == 0
 
 
 # ---- schedule and EMA --------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from ...io import commit
+
 SOURCE = Path(__file__).with_name("painn_message.cpp")
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"],
@@ -51,7 +53,7 @@ def _compile(target: Path) -> None:
         os.close(fd)
         result = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
         if result.returncode == 0:
-            os.replace(tmp, target)
+            commit(tmp, target)  # fsync + rename + directory fsync (mlff_calc.io)
             return
         Path(tmp).unlink(missing_ok=True)
         errors.append(result.stderr.strip()[-500:])
