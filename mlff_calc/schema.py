@@ -69,8 +69,8 @@ def from_dict(cls: type, raw: Any, *, label: str = "config", prefix: str = "", b
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise InputError(f"{label} {what}: expected a mapping of "
-                         f"{'sections' if not prefix else 'settings'}, got {type(raw).__name__} {raw!r}"[:300])
+        kind = "settings" if prefix else "sections"
+        raise InputError(f"{label} {what}: expected a mapping of {kind}, got {type(raw).__name__} {raw!r}"[:300])
     hints = get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     values: dict[str, Any] = {}

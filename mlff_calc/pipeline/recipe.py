@@ -160,7 +160,8 @@ def load_recipe(preset: str | None = "standard", path: str | Path | None = None,
                 base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The full, validated recipe: ``base`` (or the preset's file) <- ``path`` <- dotted ``overrides``.
 
-    Returns plain nested data (what ``RUN_DIR/recipe.yaml`` holds). ``InputError`` (a ``ValueError``) names a bad key.
+    Returns plain nested data (what ``RUN_DIR/recipe.yaml`` holds).
+    ``InputError`` (a ``ValueError``) names a bad key.
     """
     raw = copy.deepcopy(base) if base is not None else read_yaml(preset_path(preset or "standard"))
     if path is not None:

@@ -212,9 +212,19 @@ def _torch_threads(ctx: Context):
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------
+def _student_sha256(ctx: Context) -> str | None:
+    """The student these metrics describe: a student.pt replaced by hand (e.g. ``mlff-calc train --out
+    RUN_DIR --overwrite``) re-runs the evaluation and the MD check, so old numbers never sit beside it."""
+    import hashlib
+
+    path = ctx.path("student.pt")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _evaluate_key(ctx: Context) -> dict:
     return {"teacher": ctx.teacher_spec(), "evaluation": ctx.recipe["evaluation"],
-            "md": {k: ctx.recipe["md"][k] for k in ("timestep", "temperature")}}
+            "md": {k: ctx.recipe["md"][k] for k in ("timestep", "temperature")},
+            "student": _student_sha256(ctx)}
 
 
 def _evaluate(ctx: Context) -> dict:
@@ -266,7 +276,7 @@ def _plain(value: Any) -> Any:
 
 # ---- MD stability check -----------------------------------------------------------------------------------
 def _md_key(ctx: Context) -> dict:
-    return {"md": ctx.recipe["md"], "seeds": ctx.seeds_sha256}
+    return {"md": ctx.recipe["md"], "seeds": ctx.seeds_sha256, "student": _student_sha256(ctx)}
 
 
 def _md(ctx: Context) -> dict:

@@ -116,8 +116,8 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
 
     numbers = arrays["structures/atomic_numbers"]
     if len(numbers) and int(numbers.max()) > config.model.max_z:
-        raise InputError(f"config model.max_z: {config.model.max_z} is below atomic number {int(numbers.max())} "
-                         f"in {path}; raise model.max_z (at most 118)")
+        raise InputError(f"config model.max_z: {config.model.max_z} is below atomic number "
+                         f"{int(numbers.max())} in {path}; raise model.max_z (at most 118)")
     frame_of_atom = np.repeat(np.arange(len(reader)), reader.n_atoms)
     elements = sorted(int(z) for z in np.unique(numbers[np.isin(frame_of_atom, train)]))
     unseen = sorted(set(np.unique(numbers).tolist()) - set(elements))

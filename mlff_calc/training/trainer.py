@@ -65,7 +65,8 @@ def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
     return load_config(config)
 
 
-def train(config: TrainConfig | dict | str | Path, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def train(config: TrainConfig | dict | str | Path, resume: bool = False,
+          overwrite: bool = False) -> TrainResult:
     """Train a student on ``config.data.path`` into ``config.run.out`` (see the module docstring).
 
     ``config``: a :class:`TrainConfig`, a nested dict, or a YAML path. A ``last.pt`` in the run directory
@@ -344,7 +345,8 @@ class _Trainer:
                 p["bad_epochs"] += 1
             p["history"].append({
                 "epoch": epoch, "train_loss": train_metrics["loss"], "val_loss": val["loss"],
-                **{f"train_{k}": train_metrics[k] for k in ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")},
+                **{f"train_{k}": train_metrics[k]
+                   for k in ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")},
                 **{f"val_{k}": val[k] for k in ("energy_mae_ev_per_atom", "force_mae_ev_per_ang",
                                                  "force_rmse_ev_per_ang")},
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.monotonic() - t0,
