@@ -100,6 +100,19 @@ def split_sizes(n: int, val_size: float, test_size: float) -> tuple[int, int, in
     return n_train, n_val, n_test
 
 
+def split_frames(n: int, val_size: float, test_size: float,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The package's one train/validation/test split: ``(train, val, test)`` sorted int64 frame indices.
+
+    Sizes as in :func:`split_sizes`; disjoint and complete; a function of ``(n, sizes, seed)`` alone
+    (the training seed never changes it).
+    """
+    n_train, n_val, _ = split_sizes(n, val_size, test_size)
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, n))
+    return tuple(np.sort(order[a:b]).astype(np.int64) for a, b in bounds)
+
+
 def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
     """Read ``config.data.path`` into memory, check it and split it (the same split on every process)."""
     path = config.data.path
@@ -109,10 +122,9 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
     arrays = reader.arrays()
     has_forces, _ = check_labels(arrays, reader, need_forces=config.loss.force_weight > 0)
 
-    n_train, n_val, n_test = split_sizes(len(reader), config.data.val_size, config.data.test_size)
-    order = np.random.default_rng(config.data.split_seed).permutation(len(reader))
-    train, val, test = (np.sort(order[a:b]) for a, b in
-                        ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, len(reader))))
+    train, val, test = split_frames(len(reader), config.data.val_size, config.data.test_size,
+                                    config.data.split_seed)
+    n_train, n_val, n_test = len(train), len(val), len(test)
 
     numbers = arrays["structures/atomic_numbers"]
     if len(numbers) and int(numbers.max()) > config.model.max_z:

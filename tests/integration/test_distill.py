@@ -16,6 +16,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -157,6 +158,18 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
     again = distill("emt", [seed_file], run, quiet=True)
     assert again.ran == ["evaluate", "md"]
     assert "MD stability check" in (run / "report/report.md").read_text()
+
+    # Issue 14.2: a student.pt replaced behind distill's back (e.g. `mlff-calc train --out RUN --overwrite`)
+    # is re-evaluated: the summary never shows the old student's metrics beside the new student.
+    from mlff_calc import StudentForceField
+
+    student = StudentForceField.load(run / "student.pt")
+    with torch.no_grad():
+        student.shift.add_(0.5)  # eV/atom: every energy moves, forces stay
+    student.save(run / "student.pt")
+    replaced = distill("emt", [seed_file], run, quiet=True)
+    assert replaced.ran == ["evaluate", "md"]
+    assert replaced.summary["energy_mae_ev_per_atom"] > again.summary["energy_mae_ev_per_atom"] + 0.4
 
 
 def test_kill_during_labelling_resumes_without_redoing_or_losing_anything(tmp_path, seed_file):

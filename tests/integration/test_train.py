@@ -164,3 +164,50 @@ def test_ddp_two_cpu_processes_train_in_sync_and_write_one_checkpoint(tmp_path, 
     # world_size 2 and training finished: the end-of-run check found bit-identical weights on both ranks.
     assert meta["training"]["world_size"] == 2 and meta["training"]["epochs"] == 3
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_issue14_2_train_into_a_finished_run_refuses_to_replace_the_student(tmp_path, cu_data):
+    """`mlff-calc train --out RUN` into a directory with a finished student.pt and no last.pt (a distill
+    run directory) used to exit 0 and replace the student."""
+    run = tmp_path / "distill_like"
+    run.mkdir()
+    (run / "student.pt").write_bytes(b"the user's finished student")
+    with pytest.raises(FileExistsError, match=r"student\.pt already exists .*--overwrite"):
+        train(make_config(tmp_path, cu_data, run, epochs=1))
+    assert (run / "student.pt").read_bytes() == b"the user's finished student"
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "student.pt"]  # nothing else written
+    result = train(make_config(tmp_path, cu_data, run, epochs=1), overwrite=True)  # the user says so
+    assert result.epochs == 1 and (run / "student.pt").read_bytes()[:2] == b"PK"
+    with pytest.raises(ValueError, match="--resume and --overwrite"):
+        train(make_config(tmp_path, cu_data, run, epochs=1), resume=True, overwrite=True)
+
+
+def test_issue14_6_second_train_into_the_same_directory_fails_at_once(tmp_path, cu_data, capsys):
+    """Two `mlff-calc train` into the same directory at once both exited 0 and both claimed student.pt."""
+    run = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "mlff_calc", "train", "--data", str(cu_data), "--out", str(run),
+           "--config", str(config_file(tmp_path, epochs=100000)), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (run / "config.yaml").exists():
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        t0 = time.monotonic()
+        code = main(["train", "--data", str(cu_data), "--out", str(run), "--epochs", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and time.monotonic() - t0 < 10
+        assert "in use by another mlff-calc train" in err and len(err.strip().splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_issue14_9_a_yaml_section_written_as_a_list_is_refused(tmp_path, cu_data):
+    """`run: [{epochs: 2}]` was silently ignored (defaults used) once an override touched the section."""
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text("run:\n  - epochs: 2\n")
+    with pytest.raises(ValueError, match=r"config run: expected a mapping of settings, got list"):
+        load_config(cfg, {"data.path": str(cu_data), "run.out": str(tmp_path / "r")})
+    assert not (tmp_path / "r").exists()

@@ -12,7 +12,7 @@ from mlff_calc.data.hdf5 import write_frames
 from mlff_calc.data.torch_dataset import N_ATOMS
 from mlff_calc.training import TrainConfig, load_config, train
 from mlff_calc.training.config import config_from_dict, dump_config, incompatible_settings
-from mlff_calc.training.data import fit_energy_statistics, load_training_data, split_sizes
+from mlff_calc.training.data import fit_energy_statistics, load_training_data, split_frames, split_sizes
 from mlff_calc.training.loss import ErrorSums, batch_loss
 from mlff_calc.training.optim import EMA, LRSchedule
 
@@ -230,3 +230,20 @@ def test_ema_tracks_weights_and_copies_buffers():
     other = EMA(model, torch.nn.BatchNorm1d(2), decay=0.9)
     other.load_state_dict(ema.state_dict())
     assert torch.equal(other.ema_model.weight, ema_model.weight) and other.updates == 1
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    """The one split function (``split_frames``; the trainer's split and its old results unchanged)."""
+    a = split_frames(101, 10, 10, seed=3)
+    b = split_frames(101, 10, 10, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert [len(x) for x in a] == [81, 10, 10]
+    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(101))
+    assert not any(np.array_equal(x, y) for x, y in zip(a, split_frames(101, 10, 10, seed=4)))
+    assert [len(x) for x in split_frames(10, 0.2, 0)] == [8, 2, 0]  # fractions, and no test split
+    # The split the trainer made before split_frames existed (seed 0, 12 frames, 2 + 2): unchanged.
+    order = np.random.default_rng(0).permutation(12)
+    assert [x.tolist() for x in split_frames(12, 2, 2)] == [sorted(order[:8]), sorted(order[8:10]),
+                                                              sorted(order[10:])]
+    with pytest.raises(ValueError, match="too few"):
+        split_frames(10, 6, 4)
