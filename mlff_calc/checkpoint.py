@@ -106,4 +106,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key, kind in (("model_config", dict), ("state_dict", dict), ("metadata", dict)):
         if not isinstance(payload[key], kind):
             raise CheckpointError(f"checkpoint {path}: '{key}' must be a dict, got {type(payload[key]).__name__}")
+    bad = [name for name, value in payload["state_dict"].items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:  # a diverged or damaged training: every prediction would be NaN, whatever the structure
+        raise CheckpointError(f"checkpoint {path} has non-finite weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); it cannot be used: retrain, or use an "
+                              "earlier checkpoint")
     return payload
