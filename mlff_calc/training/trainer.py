@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import io
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..errors import InputError, ModelOutputError, OutputExistsError
+from ..errors import InputError, ModelOutputError
 from ..model.student import StudentForceField
 from ..utils import resolve_device, resolve_dtype
 from .config import TrainConfig, config_from_dict, dump_config, incompatible_settings, load_config
@@ -40,6 +37,7 @@ from .distributed import Distributed, init_distributed, parameters_in_sync, shut
 from .loss import ErrorSums, batch_loss
 from .optim import EMA, LRSchedule
 from .report import plot_learning_curve, write_json, write_metrics_csv
+from .rundir import locked_run_dir
 
 
 @dataclass
@@ -82,17 +80,7 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         raise InputError("config data.path: no dataset given (--data)")
     if not cfg.run.out:
         raise InputError("config run.out: no run directory given (--out)")
-    run_dir = Path(cfg.run.out)
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite contradict each other; give one of them")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputExistsError(f"--out {run_dir} is a file, not a run directory; choose a directory path")
-    main = int(os.environ.get("RANK", "0")) == 0
-    lock, created = io.DirectoryLock(run_dir, "another mlff-calc train"), not run_dir.exists()
-    if main:
-        lock.acquire()  # before anything in run_dir is looked at or touched
-    try:
-        _check_run_dir(run_dir, resume, overwrite, main)
+    with locked_run_dir(Path(cfg.run.out), resume, overwrite):
         device, dtype = resolve_device(cfg.run.device), resolve_dtype(cfg.run.dtype)
         threads = torch.get_num_threads()
         d = init_distributed(device.type == "cuda")
@@ -105,26 +93,6 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
         finally:
             torch.set_num_threads(threads)
             shutdown(d)
-    except BaseException:
-        if main and created and [p.name for p in run_dir.iterdir()] == [".lock"]:
-            shutil.rmtree(run_dir)  # refused before anything was written: leave no empty run directory
-        raise
-    finally:
-        lock.release()
-
-
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, main: bool) -> None:
-    """Resume semantics and the overwrite rule: a finished student is never replaced without asking."""
-    last, student = run_dir / "last.pt", run_dir / "student.pt"
-    if resume and not last.exists():
-        raise FileNotFoundError(f"--resume: {last} does not exist, nothing to resume")
-    if overwrite:
-        if main:  # start afresh: the old training state must not be continued
-            last.unlink(missing_ok=True)
-        return
-    if student.exists() and not last.exists():
-        raise OutputExistsError(f"{student} already exists and {run_dir} has no last.pt to resume from; "
-                                "pass --overwrite to train a new student over it, or choose another --out")
 
 
 class _Trainer:

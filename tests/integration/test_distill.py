@@ -138,6 +138,10 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
     assert s["speed_ratio"] > 0 and s["student_ms_per_call"] > 0 and s["teacher_ms_per_call"] > 0
     assert set(s["nve"]) == {"float32", "float64"} and all(d["stable"] for d in s["nve"].values())
     assert "MD stability check" in (run / "report/report.md").read_text()
+    # Each stage writes only its own section; report.md is assembled from them in stage order.
+    sections = [(run / rel).read_text() for rel in ("report/evaluate.md", "md/report.md")]
+    assert "MD stability check" not in sections[0] and "MD stability check" in sections[1]
+    assert (run / "report/report.md").read_text() == "\n".join(t.rstrip() + "\n" for t in sections)
     # recipe.yaml is complete (every section) and loads back as a recipe.
     used = load_recipe(path=run / "recipe.yaml", base=load_recipe("quick"))
     assert used["training"]["model"]["hidden_dim"] == 16 and used["heldout"]["frames"] == 8
