@@ -156,6 +156,21 @@ class TestOrbV2Physics(CalculatorPhysicsTests):
                                                              device="cpu")), skips=skips)
 
 
+@pytest.mark.slow  # loading SevenNet-0 takes ~5 s; `make test-all` runs it
+class TestSevenNetPhysics(CalculatorPhysicsTests):
+    """SevenNet-0 (weights ship in the sevenn wheel): E(3)-equivariant, forces by autograd, float32."""
+
+    @pytest.fixture
+    def physics_model(self):
+        pytest.importorskip("sevenn", reason="sevenn (SevenNet-0 teacher) is not installed")
+        from mlff_calc.teachers import load_teacher
+
+        runs = ("rotation_molecule", "permutation", "distant_fragments_add_up")
+        skips = {check: TEACHER_SUBSET for check in CHECKS if check not in runs}
+        return PhysicsModel(name="SevenNet-0", make=shared(lambda: load_teacher("sevennet-0")), symmetry=2e-4,
+                            cutoff=5.0, elements=(1, 6, 8), skips=skips)
+
+
 def test_every_model_skips_only_with_reasons():
     """The skip tables: every reason stated, every name a real check, and the trained student and EMT
     run the symmetry, derivative and image checks (acceptance of issue 13)."""
