@@ -12,22 +12,24 @@ from ase.data import chemical_symbols
 from .. import io
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN and inf -> None (JSON has no NaN)."""
+def json_safe(value: Any) -> Any:
+    """A JSON-safe copy: numpy scalars and arrays to Python, NaN and inf to None, other objects to str."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def write_json(path: Path, payload: dict) -> dict:
     """Write ``payload`` as JSON and return the JSON-clean copy that was written."""
-    clean = _plain(payload)
+    clean = json_safe(payload)
     io.write_text(path, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
     return clean
 

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 from .. import schema
 from ..errors import InputError
+from ..evaluation.report import json_safe
 
 PRESETS = ("quick", "standard")
 SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md")
@@ -193,19 +194,10 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                 for name, kind in kinds.items()}
     sections["training"] = config_from_dict(raw["training"], label="recipe", prefix="training.")
     recipe = schema.validate(Recipe(**sections), label="recipe")
-    out = _plain(dataclasses.asdict(recipe))
+    out = json_safe(dataclasses.asdict(recipe))  # tuples to lists: YAML's safe dumper writes lists
     for section, name in (("data", "path"), ("run", "out")):  # distill fills these in
         out["training"][section].pop(name)
     return out
-
-
-def _plain(value: Any) -> Any:
-    """Tuples to lists (YAML's safe dumper writes lists only)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def dump_recipe(recipe: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from .. import io
 from ..errors import InputError, TeacherError
+from ..evaluation.report import json_safe
 
 
 @dataclass
@@ -250,28 +251,7 @@ def _evaluate(ctx: Context) -> dict:
     # compare's report.md is this stage's section; report/report.md is assembled from all sections.
     (report / "report.md").replace(report / "evaluate.md")
     keep = ("errors", "speed", "nve", "rdf")  # headline numbers; the rest stays in report/metrics.json
-    return {"metrics": _plain({k: metrics.get(k) for k in keep}), "report": "report/report.md"}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy (numpy scalars and arrays to Python; NaN kept as None)."""
-    import math
-
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    return {"metrics": json_safe({k: metrics.get(k) for k in keep}), "report": "report/report.md"}
 
 
 # ---- MD stability check -----------------------------------------------------------------------------------
@@ -313,7 +293,7 @@ def _md_runs(ctx: Context) -> dict:
                                           "mean_temperature_k", "ns_per_day")}}
             if not res["ok"]:
                 row["error"] = res["error"]
-            runs.append(_plain(row))
+            runs.append(json_safe(row))
             drift = row.get("drift_mev_per_atom_ps")
             verdict = (f"stable, drift {drift:+.3f} meV/atom/ps" if row["stable"] and drift is not None
                        else f"UNSTABLE: {row.get('error')}")
