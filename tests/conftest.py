@@ -65,7 +65,8 @@ def _is_physics_check(report) -> bool:
 def pytest_runtest_logreport(report):
     if report.skipped and _is_physics_check(report):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _PHYSICS_SKIPS.append((report.nodeid, reason.removeprefix("Skipped:").strip()))
+        reason = reason.removeprefix("Skipped").removeprefix(":").strip()  # pytest.skip("") -> "Skipped"
+        _PHYSICS_SKIPS.append((report.nodeid, reason))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -80,8 +80,9 @@ class CalculatorPhysicsTests:
         return StructureSet(physics_model.elements)
 
     @pytest.fixture(autouse=True)
-    def _must_compare_something(self, request):
-        """A physics check either skips with a reason or compares at least one quantity."""
+    def _must_compare_something(self, request, physics_model):
+        """A physics check either skips with a reason or compares at least one quantity (set up after
+        ``physics_model``: a model that is not installed skips before this runs)."""
         request.instance._compared, request.instance._skipped = 0, False
         yield
         if not request.instance._skipped and request.instance._compared == 0:

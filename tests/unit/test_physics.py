@@ -184,3 +184,23 @@ def test_every_model_skips_only_with_reasons():
         PhysicsModel(name="x", make=EMT, symmetry=1.0, skips={"translation": " "})
     with pytest.raises(ValueError, match="unknown checks"):
         PhysicsModel(name="x", make=EMT, symmetry=1.0, skips={"translaton": "typo"})
+
+
+def test_conftest_fails_the_run_on_a_physics_check_skipped_without_reason(request):
+    """The hook in tests/conftest.py: a skipped physics check is listed with its reason, and one
+    skipped without a reason makes the whole run fail."""
+    from types import SimpleNamespace
+
+    hooks = next(p for p in request.config.pluginmanager.get_plugins() if hasattr(p, "_PHYSICS_SKIPS"))
+    skips, before = hooks._PHYSICS_SKIPS, list(hooks._PHYSICS_SKIPS)
+    try:
+        for reason in ("Skipped: physics check does not apply: x", "Skipped"):
+            hooks.pytest_runtest_logreport(SimpleNamespace(
+                skipped=True, nodeid="tests/unit/test_physics.py::TestX::test_translation[float64]",
+                longrepr=("physics.py", 1, reason)))
+        assert skips[-2:] == [(skips[-2][0], "physics check does not apply: x"), (skips[-1][0], "")]
+        session = SimpleNamespace(exitstatus=0)
+        hooks.pytest_sessionfinish(session)
+        assert session.exitstatus == 1
+    finally:
+        skips[:] = before
