@@ -99,11 +99,18 @@ class TestEMTPhysics(CalculatorPhysicsTests):
 TEACHER_SUBSET = "teachers run a subset of the checks to keep the default suite's time"
 
 
-def shared(factory):
-    """One calculator for every call of a check (teachers take seconds to build; their results are
-    recomputed whenever the atoms change, so sharing changes nothing)."""
-    instance = []
-    return lambda: instance[0] if instance else instance.append(factory()) or instance[0]
+_TEACHERS: dict = {}
+
+
+def shared(key: str, factory):
+    """One calculator per teacher for the whole module (teachers take seconds to build and to warm up;
+    an ASE calculator recomputes whenever the atoms change, so sharing it changes no result)."""
+    def make():
+        if key not in _TEACHERS:
+            _TEACHERS[key] = factory()
+        return _TEACHERS[key]
+
+    return make
 
 
 class Water(StructureSet):
@@ -129,12 +136,13 @@ class TestGFN2xTBPhysics(CalculatorPhysicsTests):
 
         runs = ("rotation_molecule", "permutation", "forces_finite_differences")
         skips = {check: TEACHER_SUBSET for check in CHECKS if check not in runs}
-        return PhysicsModel(name="GFN2-xTB", make=shared(lambda: load_teacher("gfn2-xtb", accuracy=0.01)),
+        return PhysicsModel(name="GFN2-xTB", make=shared("xtb", lambda: load_teacher("gfn2-xtb", accuracy=0.01)),
                             symmetry=1e-6, fd_forces=1e-4, elements=(1, 8), periodic=False, skips=skips)
 
 
 class TestOrbV2Physics(CalculatorPhysicsTests):
-    """Orb-v2's architecture with random weights (the real ones cannot be downloaded in tests)."""
+    """Orb-v2's architecture with random weights (the real ones cannot be downloaded in tests), on a
+    molecule (its periodic images are checked in test_teachers.py)."""
 
     @pytest.fixture
     def physics_model(self, orb_random_weights):
@@ -152,8 +160,9 @@ class TestOrbV2Physics(CalculatorPhysicsTests):
         for check in ("translation", "permutation"):
             skips.pop(check)
         return PhysicsModel(name="Orb-v2 (random weights)", symmetry=1e-4, cutoff=6.0, elements=(1, 6, 8),
-                            make=shared(lambda: load_teacher("orb-v2", weights=orb_random_weights,
-                                                             device="cpu")), skips=skips)
+                            periodic=False, skips=skips,
+                            make=shared("orb", lambda: load_teacher("orb-v2", weights=orb_random_weights,
+                                                                    device="cpu")))
 
 
 @pytest.mark.slow  # loading SevenNet-0 takes ~5 s; `make test-all` runs it
@@ -167,7 +176,7 @@ class TestSevenNetPhysics(CalculatorPhysicsTests):
 
         runs = ("rotation_molecule", "permutation", "distant_fragments_add_up")
         skips = {check: TEACHER_SUBSET for check in CHECKS if check not in runs}
-        return PhysicsModel(name="SevenNet-0", make=shared(lambda: load_teacher("sevennet-0")), symmetry=2e-4,
+        return PhysicsModel(name="SevenNet-0", make=shared("sevennet", lambda: load_teacher("sevennet-0")), symmetry=2e-4,
                             cutoff=5.0, elements=(1, 6, 8), skips=skips)
 
 
