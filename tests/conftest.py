@@ -30,9 +30,9 @@ def trained_student(tmp_path_factory):
         atoms = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.normal(), cubic=True)
         atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
         atoms.calc = EMT()
-        frames.append({"atomic_numbers": atoms.numbers, "positions": atoms.positions, "cell": atoms.cell.array,
-                       "pbc": atoms.pbc, "energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
-                       "stress": atoms.get_stress(voigt=False), "input_index": i})
+        frames.append({"atomic_numbers": atoms.numbers, "positions": atoms.positions,
+                       "cell": atoms.cell.array, "pbc": atoms.pbc, "energy": atoms.get_potential_energy(),
+                       "forces": atoms.get_forces(), "stress": atoms.get_stress(voigt=False), "input_index": i})
     root = tmp_path_factory.mktemp("trained_student")
     write_frames(root / "cu.h5", frames, {"name": "emt", "options": {}}, {"command": "test"})
     result = train({"model": {"hidden_dim": 16, "num_interactions": 2, "num_rbf": 8, "cutoff": 4.0},

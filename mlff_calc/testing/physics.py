@@ -101,7 +101,7 @@ class CalculatorPhysicsTests:
     def close_energy(self, actual: float, expected: float, tol: float, scale: float = 1.0) -> None:
         self._compared += 1
         bound = tol * max(1.0, abs(expected)) * scale
-        assert abs(actual - expected) < bound, f"energy {actual} vs {expected}: differ by more than {bound:.3g}"
+        assert abs(actual - expected) < bound, f"energy {actual} vs {expected}: off by more than {bound:.3g}"
 
     def systems(self, model: PhysicsModel, structures: StructureSet) -> list:
         """A molecule and (for periodic models) a triclinic cell smaller than the cutoff."""
@@ -235,7 +235,8 @@ class CalculatorPhysicsTests:
         ea, eb = evaluate(a, calc), evaluate(b, calc)
         both = evaluate(a + b, calc)
         self.close_energy(both["energy"], ea["energy"] + eb["energy"], 2 * tol)
-        self.close(both["forces"], np.vstack([ea["forces"], eb["forces"]]), tol, "forces of separate fragments")
+        alone = np.vstack([ea["forces"], eb["forces"]])
+        self.close(both["forces"], alone, tol, "forces of separate fragments")
 
     # ---- batches -------------------------------------------------------------------------------------
     def _batch(self, model: PhysicsModel, structures: StructureSet) -> tuple[Any, list]:

@@ -107,7 +107,9 @@ class StructureSet:
     def crystal(self) -> Atoms:
         from ase.build import bulk
 
-        symbol = "Cu" if self.elements is None else Atoms(numbers=[max(self.elements)]).get_chemical_symbols()[0]
+        from ase.data import chemical_symbols
+
+        symbol = "Cu" if self.elements is None else chemical_symbols[max(self.elements)]
         return bulk(symbol, "fcc", a=3.6, cubic=True).repeat(2)
 
     def dimer(self, r: float) -> Atoms:

@@ -60,7 +60,8 @@ class TestStudentPhysicsWithSkin(CalculatorPhysicsTests):
     def physics_model(self, request):
         no_skin = "batch_calculate builds one neighbour list per batch: the skin plays no part"
         return student_model(_MODEL, request.param, "random student, skin 2 Å", skin=2.0,
-                             skips={"batched_equals_single": no_skin, "batch_structures_independent": no_skin})
+                             skips=dict.fromkeys(("batched_equals_single", "batch_structures_independent"),
+                                                 no_skin))
 
 
 class TestStudentPhysicsEager(CalculatorPhysicsTests):
@@ -136,7 +137,8 @@ class TestGFN2xTBPhysics(CalculatorPhysicsTests):
 
         runs = ("rotation_molecule", "permutation", "forces_finite_differences")
         skips = {check: TEACHER_SUBSET for check in CHECKS if check not in runs}
-        return PhysicsModel(name="GFN2-xTB", make=shared("xtb", lambda: load_teacher("gfn2-xtb", accuracy=0.01)),
+        xtb = shared("xtb", lambda: load_teacher("gfn2-xtb", accuracy=0.01))
+        return PhysicsModel(name="GFN2-xTB", make=xtb,
                             symmetry=1e-6, fd_forces=1e-4, elements=(1, 8), periodic=False, skips=skips)
 
 
@@ -155,8 +157,8 @@ class TestOrbV2Physics(CalculatorPhysicsTests):
                      rotation_molecule="Orb-v2 is not rotation-equivariant by construction (it learns "
                                        "equivariance from augmented data; random weights have none)",
                      rotation_triclinic_cell="Orb-v2 is not rotation-equivariant by construction",
-                     distant_fragments_add_up="Orb-v2's energy head averages atom features over the whole "
-                                              "structure before its MLP: the energy is not a sum of local terms")
+                     distant_fragments_add_up="Orb-v2's energy head averages atom features over the "
+                                              "whole structure before its MLP: not a sum of local terms")
         for check in ("translation", "permutation"):
             skips.pop(check)
         return PhysicsModel(name="Orb-v2 (random weights)", symmetry=1e-4, cutoff=6.0, elements=(1, 6, 8),
@@ -176,8 +178,8 @@ class TestSevenNetPhysics(CalculatorPhysicsTests):
 
         runs = ("rotation_molecule", "permutation", "distant_fragments_add_up")
         skips = {check: TEACHER_SUBSET for check in CHECKS if check not in runs}
-        return PhysicsModel(name="SevenNet-0", make=shared("sevennet", lambda: load_teacher("sevennet-0")), symmetry=2e-4,
-                            cutoff=5.0, elements=(1, 6, 8), skips=skips)
+        return PhysicsModel(name="SevenNet-0", make=shared("sevennet", lambda: load_teacher("sevennet-0")),
+                            symmetry=2e-4, cutoff=5.0, elements=(1, 6, 8), skips=skips)
 
 
 def test_every_model_skips_only_with_reasons():

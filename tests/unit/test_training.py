@@ -252,6 +252,6 @@ def test_split_is_deterministic_disjoint_and_complete():
 def test_issue14_11_max_z_below_an_element_is_an_input_error(tmp_path):
     """`model.max_z` below an element in the data used to end in an IndexError inside the embedding."""
     path = make_file(tmp_path / "d.h5")
-    with pytest.raises(ValueError, match=r"config model\.max_z: 8 is below atomic number .* raise model\.max_z"):
+    with pytest.raises(ValueError, match=r"config model\.max_z: 8 is below atomic number .* raise model"):
         train(config(path, tmp_path / "r", model={"max_z": 8}))
     assert not (tmp_path / "r").exists()
