@@ -32,7 +32,8 @@ def trained_student(tmp_path_factory):
         atoms.calc = EMT()
         frames.append({"atomic_numbers": atoms.numbers, "positions": atoms.positions,
                        "cell": atoms.cell.array, "pbc": atoms.pbc, "energy": atoms.get_potential_energy(),
-                       "forces": atoms.get_forces(), "stress": atoms.get_stress(voigt=False), "input_index": i})
+                       "forces": atoms.get_forces(), "stress": atoms.get_stress(voigt=False),
+                       "input_index": i})
     root = tmp_path_factory.mktemp("trained_student")
     write_frames(root / "cu.h5", frames, {"name": "emt", "options": {}}, {"command": "test"})
     result = train({"model": {"hidden_dim": 16, "num_interactions": 2, "num_rbf": 8, "cutoff": 4.0},

@@ -12,8 +12,8 @@ from typing import Any
 from .. import io
 
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "train_energy_mae_ev_per_atom",
-               "val_energy_mae_ev_per_atom", "train_force_mae_ev_per_ang", "val_force_mae_ev_per_ang", "val_force_rmse_ev_per_ang", "lr",
-               "epoch_time_s", "train_time_s")
+               "val_energy_mae_ev_per_atom", "train_force_mae_ev_per_ang", "val_force_mae_ev_per_ang",
+               "val_force_rmse_ev_per_ang", "lr", "epoch_time_s", "train_time_s")
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
