@@ -290,6 +290,8 @@ def test_changed_settings_rerun_downstream_and_keep_old_labels(tmp_path, seed_fi
     ("md: {dtypes: [float16]}", r"md\.dtypes"),
     ("sampling: {frames: 2.5}", r"sampling\.frames: expected int"),
     ("- just a list", r"expected a mapping"),
+    ("training: {run: [{epochs: 2}]}", r"recipe training\.run: expected a mapping of settings, got list"),
+    ("md: [{steps: 10}]", r"recipe md: expected a mapping of settings, got list"),  # issue 14.9
 ])
 def test_bad_recipes_are_refused_naming_the_key(tmp_path, seed_file, capsys, text, message):
     bad = tmp_path / "bad.yaml"
