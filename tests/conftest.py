@@ -39,17 +39,27 @@ def trained_student(tmp_path_factory):
     result = train({"model": {"hidden_dim": 16, "num_interactions": 2, "num_rbf": 8, "cutoff": 4.0},
                     "data": {"path": str(root / "cu.h5"), "batch_size": 4, "val_size": 2, "test_size": 0},
                     "optim": {"lr": 5e-3, "warmup_epochs": 0.5},
-                    "run": {"out": str(root / "run"), "epochs": 4, "num_threads": 1, "quiet": True}})
+                    "run": {"out": str(root / "run"), "epochs": 6, "num_threads": 1, "quiet": True}})
     return StudentForceField.load(result.checkpoint)
 
 
 @pytest.fixture(scope="session")
 def orb_random_weights(tmp_path_factory):
-    """A checkpoint of Orb-v2's architecture with random weights (the real ones need a download)."""
+    """A checkpoint of Orb-v2's architecture with random weights, seed 0 (the real ones need a download)."""
     pretrained = pytest.importorskip("orb_models.forcefield.pretrained", reason="orb-models is not installed")
     path = tmp_path_factory.mktemp("orb") / "orb-v2-random.ckpt"
-    torch.save(pretrained.orb_v2_architecture(device="cpu").state_dict(), path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(pretrained.orb_v2_architecture(device="cpu").state_dict(), path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def orb_random_teacher(orb_random_weights):
+    """The ``orb-v2`` teacher on those weights, built (and warmed up) once per session."""
+    from mlff_calc.teachers import load_teacher
+
+    return load_teacher("orb-v2", weights=orb_random_weights, device="cpu")
 
 
 # ---- physics checks: none may be skipped without a reason; the skipped ones are listed -----------------

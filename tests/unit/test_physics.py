@@ -147,9 +147,7 @@ class TestOrbV2Physics(CalculatorPhysicsTests):
     molecule (its periodic images are checked in test_teachers.py)."""
 
     @pytest.fixture
-    def physics_model(self, orb_random_weights):
-        from mlff_calc.teachers import load_teacher
-
+    def physics_model(self, orb_random_teacher):
         direct = "Orb-v2 predicts forces directly, not as -dE/dx: it is not exactly conservative"
         skips = {check: TEACHER_SUBSET for check in CHECKS}
         skips.update(forces_finite_differences=direct, stress_finite_differences=direct,
@@ -162,9 +160,7 @@ class TestOrbV2Physics(CalculatorPhysicsTests):
         for check in ("translation", "permutation"):
             skips.pop(check)
         return PhysicsModel(name="Orb-v2 (random weights)", symmetry=1e-4, cutoff=6.0, elements=(1, 6, 8),
-                            periodic=False, skips=skips,
-                            make=shared("orb", lambda: load_teacher("orb-v2", weights=orb_random_weights,
-                                                                    device="cpu")))
+                            periodic=False, skips=skips, make=lambda: orb_random_teacher)
 
 
 @pytest.mark.slow  # loading SevenNet-0 takes ~5 s; `make test-all` runs it
