@@ -70,7 +70,8 @@ def from_dict(cls: type, raw: Any, *, label: str = "config", prefix: str = "", b
         raw = {}
     if not isinstance(raw, dict):
         kind = "settings" if prefix else "sections"
-        raise InputError(f"{label} {what}: expected a mapping of {kind}, got {type(raw).__name__} {raw!r}"[:300])
+        got = f"{type(raw).__name__} {raw!r}"[:200]
+        raise InputError(f"{label} {what}: expected a mapping of {kind}, got {got}")
     hints = get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     values: dict[str, Any] = {}
