@@ -11,9 +11,7 @@ Layout (``format_version`` 1)::
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,12 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError  # re-exported: checkpoint.CheckpointError is public
+from .io import atomic_write
 
 FORMAT = "mlff_calc.student"
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_config", "state_dict", "metadata")
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
-
-
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -67,18 +64,8 @@ def save_checkpoint(
         **extra,
     }
     _check_plain(payload, "")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -119,4 +106,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key, kind in (("model_config", dict), ("state_dict", dict), ("metadata", dict)):
         if not isinstance(payload[key], kind):
             raise CheckpointError(f"checkpoint {path}: '{key}' must be a dict, got {type(payload[key]).__name__}")
+    bad = [name for name, value in payload["state_dict"].items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:  # a diverged or damaged training: every prediction would be NaN, whatever the structure
+        raise CheckpointError(f"checkpoint {path} has non-finite weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); it cannot be used: retrain, or use an "
+                              "earlier checkpoint")
     return payload

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(result)
     ratio = result.summary["speed_ratio"]
     if ratio is not None and ratio < 1:
-        print(f"  (speed: GFN2-xTB takes ~{result.summary['teacher_ms_per_step']:.1f} ms on molecules this "
+        print(f"  (speed: GFN2-xTB takes ~{result.summary['teacher_ms_per_call']:.1f} ms on molecules this "
               "small, less than the student's fixed per-call cost; the student pays off against Orb-v2-class "
               "teachers and for larger systems: see benchmarks/RESULTS.md)")
     print(f"\nquickstart checks ({(time.monotonic() - start) / 60:.1f} min):")

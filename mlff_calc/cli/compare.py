@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         e, s = m["errors"], m["speed"]
         print(f"{e['n_frames']} frames: force MAE {e['force_mae_ev_per_ang']:.4g} eV/Å, energy MAE "
               f"{1e3 * e['energy_mae_ev_per_atom']:.4g} meV/atom; student {s['student_ms_per_call']:.3g} ms, "
-              f"teacher {s['teacher_ms_per_call']:.3g} ms per call ({s['speedup']:.3g}x)")
+              f"teacher {s['teacher_ms_per_call']:.3g} ms per call ({s['speed_ratio']:.3g}x)")
         for name in ("student", "teacher"):
             r = m["nve"].get(name)
             if r:

@@ -44,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet and int(os.environ.get("RANK", "0")) == 0:  # otherwise train() printed the errors already
         errors = result.test_metrics or result.val_metrics
         split = "test" if result.test_metrics else "validation"
-        print(f"{result.checkpoint}: {split} force MAE {errors['force_mae']:.4f} eV/Å, energy MAE "
-              f"{errors['energy_mae_per_atom']:.5f} eV/atom ({result.epochs} epochs, {result.stop_reason})")
+        print(f"{result.checkpoint}: {split} force MAE {errors['force_mae_ev_per_ang']:.4f} eV/Å, energy MAE "
+              f"{errors['energy_mae_ev_per_atom']:.5f} eV/atom ({result.epochs} epochs, {result.stop_reason})")
     return 0

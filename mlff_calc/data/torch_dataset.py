@@ -1,4 +1,5 @@
-"""A torch ``Dataset`` over an HDF5 dataset file, a ``collate`` for variable-size structures, and splits.
+"""A torch ``Dataset`` over an HDF5 dataset file and a ``collate`` for variable-size structures (the one
+train/validation/test split is ``mlff_calc.training.data.split_frames``).
 
 Item (one structure of ``n`` atoms; keys from :mod:`mlff_calc._keys`)::
 
@@ -113,20 +114,3 @@ def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = Non
         out[K.CELL_SHIFTS] = torch.as_tensor(np.concatenate(raw_shifts)).to(dtype)
     return out
 
-
-def split_indices(
-    n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> tuple[np.ndarray, ...]:
-    """Deterministic, disjoint random split of ``range(n)``: one sorted int64 array per fraction.
-
-    Fractions must be non-negative and sum to at most 1; sizes are rounded so that, when they sum to 1,
-    every index lands in exactly one part. The same ``(n, fractions, seed)`` always gives the same split.
-    """
-    f = np.asarray(fractions, dtype=np.float64)
-    if n < 0 or (f < 0).any() or f.sum() > 1 + 1e-9:
-        raise ValueError(
-            f"need n >= 0 and non-negative fractions summing to <= 1, got n={n}, {tuple(fractions)}"
-        )
-    bounds = np.rint(np.concatenate([[0.0], np.cumsum(f)]) * n).astype(np.int64).clip(0, n)
-    order = np.random.default_rng(seed).permutation(n)
-    return tuple(np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))

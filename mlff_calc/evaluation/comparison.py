@@ -12,6 +12,8 @@ import numpy as np
 from ase import Atoms
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .. import io
+from ..errors import DataError, InputError, OutputExistsError
 from . import metrics as M
 from . import plots
 from .nve import run_nve
@@ -49,23 +51,28 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
 
     Returns the content of ``metrics.json``: sections ``errors`` (``energy_mae_ev_per_atom``,
     ``force_mae_ev_per_ang``, ``force_rmse_ev_per_ang``, ``force_cosine_mean``, ``stress_mae_ev_per_ang3``
-    ...), ``speed`` (``student_ms_per_call``, ``teacher_ms_per_call``, ``speedup``), ``nve`` (``student`` and
-    ``teacher`` runs: ``ok``, ``drift_mev_per_atom_ps``, ``max_deviation_mev_per_atom``, ``ns_per_day``),
-    ``rdf`` (or None), ``figures`` and ``provenance``.
+    ...), ``speed`` (``student_ms_per_call``, ``teacher_ms_per_call``, ``speed_ratio``), ``nve``
+    (``student`` and ``teacher`` runs: ``ok``, ``drift_mev_per_atom_ps``, ``max_deviation_mev_per_atom``,
+    ``ns_per_day``), ``rdf`` (or None), ``figures`` and ``provenance``. The parity figure's energy panel
+    shows per-structure energy deviations from each seed's mean (:func:`energy_deviations`).
 
-    Raises ``FileNotFoundError`` for a missing student or input file and ``ValueError`` for bad
-    arguments, an unknown teacher, empty input or elements the student was not trained on.
+    Raises ``FileNotFoundError`` for a missing student or input file, ``InputError`` (a ``ValueError``)
+    for bad arguments, an unknown teacher or elements the student was not trained on, ``DataError`` for
+    an empty dataset, ``OutputExistsError`` when ``out`` is a file, ``RunLockedError`` when another
+    compare writes into ``out``.
     """
     from ..calculator import StudentCalculator
     from ..teachers import TeacherError, compute_labels, load_teacher, teacher_spec
 
     if (data is None) == (structures is None):
-        raise ValueError("give exactly one of data (a labelled .h5 dataset) and structures "
+        raise InputError("give exactly one of data (a labelled .h5 dataset) and structures "
                          "(a structure file)")
     if max_frames is not None and max_frames < 0:
-        raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+        raise InputError(f"max_frames must be >= 0, got {max_frames}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise OutputExistsError(f"--out {out} is a file; give a report directory")
     if nve_steps < 0 or timestep <= 0 or temperature < 0:
-        raise ValueError(f"need nve_steps >= 0, timestep > 0 fs and temperature >= 0 K "
+        raise InputError(f"need nve_steps >= 0, timestep > 0 fs and temperature >= 0 K "
                          f"(got {nve_steps}, {timestep}, {temperature})")
 
     # --- student, frames and element check: fail fast, before any slow teacher work ---------------------
@@ -91,7 +98,7 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
         teacher_calc = load_teacher(teacher, **(teacher_options or {}))
     else:
         if teacher_options:
-            raise ValueError("teacher_options go with a teacher name, not a ready calculator")
+            raise InputError("teacher_options go with a teacher name, not a ready calculator")
         spec, teacher_calc = {"name": type(teacher).__name__, "options": {}}, teacher
     if data_teacher and str(data_teacher.get("name", "")).lower() != str(spec["name"]).lower():
         warnings.warn(f"{data} was labelled by {data_teacher.get('name')!r}, not by {spec['name']!r}: "
@@ -113,7 +120,7 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
                 warnings.warn(f"teacher failed on frame {index} of {source}; skipped: {exc}", stacklevel=2)
         frames = kept
         if not frames:
-            raise ValueError(f"the teacher failed on every frame of {source}; nothing to compare")
+            raise TeacherError(f"the teacher failed on every frame of {source}; nothing to compare")
 
     # --- errors -----------------------------------------------------------------------------------------
     images = [atoms for _, atoms in frames]
@@ -135,57 +142,61 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
     student_speed = _fresh_student(calc)
     speed = time_calls({"student": student_speed, "teacher": teacher_calc}, [images[i] for i in picks],
                        progress=progress)
-    speed["speedup"] = speed["teacher_ms_per_call"] / speed["student_ms_per_call"]  # > 1: student faster
+    speed["speed_ratio"] = speed["teacher_ms_per_call"] / speed["student_ms_per_call"]  # > 1: student faster
 
     # --- NVE and RDFs -----------------------------------------------------------------------------------
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (*FIGURES.values(), "student_nve.traj", "teacher_nve.traj", "metrics.json", "report.md"):
-        (out / name).unlink(missing_ok=True)  # no stale figure or trajectory of an earlier run in the report
-    md_settings = {"steps": nve_steps, "timestep_fs": timestep, "temperature_k": temperature,
-                   "interval_steps": _interval(nve_steps), "seed": 0,
-                   "student_dtype": str(calc.dtype).removeprefix("torch."),
-                   "structure": md_source,
-                   "n_atoms": len(md_atoms), "formula": md_atoms.get_chemical_formula()}
-    runs: dict[str, dict] = {}
-    if nve_steps > 0:
-        who = {"student": student_speed, **({"teacher": teacher_calc} if teacher_md else {})}
-        for name, c in who.items():
-            c.reset()
-            runs[name] = run_nve(md_atoms, c, temperature=temperature, timestep=timestep, steps=nve_steps,
-                                 interval=md_settings["interval_steps"], traj=out / f"{name}_nve.traj",
-                                 seed=0, progress=progress)
-    rdf_result, rdf_curves = _rdfs(runs)
+    lock = io.DirectoryLock(out, "another mlff-calc compare").acquire()  # one writer per report directory
+    try:
+        for name in (*FIGURES.values(), "student_nve.traj", "teacher_nve.traj", "metrics.json", "report.md"):
+            (out / name).unlink(missing_ok=True)  # no stale figure or trajectory of an earlier run
+        md_settings = {"steps": nve_steps, "timestep_fs": timestep, "temperature_k": temperature,
+                       "interval_steps": _interval(nve_steps), "seed": 0,
+                       "student_dtype": str(calc.dtype).removeprefix("torch."),
+                       "structure": md_source,
+                       "n_atoms": len(md_atoms), "formula": md_atoms.get_chemical_formula()}
+        runs: dict[str, dict] = {}
+        if nve_steps > 0:
+            who = {"student": student_speed, **({"teacher": teacher_calc} if teacher_md else {})}
+            for name, c in who.items():
+                c.reset()
+                runs[name] = run_nve(md_atoms, c, temperature=temperature, timestep=timestep, steps=nve_steps,
+                                     interval=md_settings["interval_steps"], traj=out / f"{name}_nve.traj",
+                                     seed=0, progress=progress)
+        rdf_result, rdf_curves = _rdfs(runs)
 
-    # --- figures, metrics.json, report.md -----------------------------------------------------------------
-    figures = {}
-    plots.parity(out / FIGURES["parity"], f_ref, f_pred, e_ref / n_atoms, e_pred / n_atoms,
-                 errors["force_mae_ev_per_ang"], errors["energy_mae_ev_per_atom"])
-    plots.error_histogram(out / FIGURES["error_histogram"], f_ref, f_pred)
-    figures.update(parity=FIGURES["parity"], error_histogram=FIGURES["error_histogram"])
-    if runs:
-        plots.energy_drift(out / FIGURES["energy_drift"], runs, timestep,
-                           f", student in {md_settings['student_dtype']}")
-        figures["energy_drift"] = FIGURES["energy_drift"]
-    if rdf_curves is not None:
-        plots.rdf_overlay(out / FIGURES["rdf"], rdf_curves[0], rdf_curves[1], rdf_result["kind"],
-                          f"; relative L1 difference {rdf_result['difference_l1_relative']:.3g}")
-        figures["rdf"] = FIGURES["rdf"]
+        # --- figures, metrics.json, report.md -------------------------------------------------------------
+        figures = {}
+        d_ref, d_pred = energy_deviations(images, e_ref), energy_deviations(images, e_pred)
+        plots.parity(out / FIGURES["parity"], f_ref, f_pred, d_ref, d_pred, errors["force_mae_ev_per_ang"],
+                     float(np.mean(np.abs(d_pred - d_ref))))
+        plots.error_histogram(out / FIGURES["error_histogram"], f_ref, f_pred)
+        figures.update(parity=FIGURES["parity"], error_histogram=FIGURES["error_histogram"])
+        if runs:
+            plots.energy_drift(out / FIGURES["energy_drift"], runs, timestep,
+                               f", student in {md_settings['student_dtype']}")
+            figures["energy_drift"] = FIGURES["energy_drift"]
+        if rdf_curves is not None:
+            plots.rdf_overlay(out / FIGURES["rdf"], rdf_curves[0], rdf_curves[1], rdf_result["kind"],
+                              f"; relative L1 difference {rdf_result['difference_l1_relative']:.3g}")
+            figures["rdf"] = FIGURES["rdf"]
 
-    drop = ("times_ps", "total_energies_ev", "temperatures_k")  # series live in the .traj files
-    result = {
-        "errors": errors,
-        "speed": speed,
-        "nve": {"settings": md_settings, **{name: {k: v for k, v in run.items() if k not in drop}
-                                            for name, run in runs.items()}},
-        "rdf": rdf_result,
-        "figures": figures,
-        "provenance": _provenance(calc, student_path, spec, data, structures, data_teacher, available,
-                                  [i for i, _ in frames], device),
-    }
-    result = write_json(out / "metrics.json", result)
-    write_report(out / "report.md", result)
-    return result
+        drop = ("times_ps", "total_energies_ev", "temperatures_k")  # series live in the .traj files
+        result = {
+            "errors": errors,
+            "speed": speed,
+            "nve": {"settings": md_settings, **{name: {k: v for k, v in run.items() if k not in drop}
+                                                for name, run in runs.items()}},
+            "rdf": rdf_result,
+            "figures": figures,
+            "provenance": _provenance(calc, student_path, spec, data, structures, data_teacher, available,
+                                      [i for i, _ in frames], device),
+        }
+        result = write_json(out / "metrics.json", result)
+        write_report(out / "report.md", result)
+        return result
+    finally:
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,7 +211,7 @@ def _read_frames(data, structures, max_frames):
 
         with DatasetReader(data) as reader:
             if len(reader) == 0:
-                raise ValueError(f"{data} holds no structures; nothing to compare")
+                raise DataError(f"{data} holds no structures; nothing to compare")
             picks = _evenly_spaced(len(reader), max_frames)
             frames, refs = [], []
             for i in picks:
@@ -216,6 +227,22 @@ def _read_frames(data, structures, max_frames):
         atoms.calc = None  # labels stored in the file are not the teacher's: always recompute
     picks = _evenly_spaced(len(everything), max_frames)
     return [(int(i), everything[i]) for i in picks], None, len(everything), None
+
+
+def energy_deviations(images: list[Atoms], energies: np.ndarray) -> np.ndarray:
+    """Per-atom energy of each structure minus the mean over the frames of the same seed (eV/atom).
+
+    Frames are grouped by composition (the frames sampled from one seed structure share it). Absolute
+    energies of different molecules sit eV apart, which on a parity plot makes tight clusters that hide
+    the error; deviations from each seed's mean show whether the student orders conformers right.
+    """
+    per_atom = np.asarray(energies, float) / np.array([len(a) for a in images])
+    groups = [tuple(sorted(a.numbers.tolist())) for a in images]
+    out = np.empty_like(per_atom)
+    for key in set(groups):
+        members = np.array([g == key for g in groups])
+        out[members] = per_atom[members] - per_atom[members].mean()
+    return out
 
 
 def _evenly_spaced(n: int, max_frames: int | None) -> np.ndarray:
@@ -238,7 +265,7 @@ def _check_student_can_evaluate(calc, atoms: Atoms, where: str) -> None:
     try:
         calc.converter.validate(atoms)
     except ValueError as exc:
-        raise ValueError(f"the student cannot evaluate {where}: {exc}") from None
+        raise InputError(f"the student cannot evaluate {where}: {exc}") from None
 
 
 def _predict(calc, images, progress, chunk: int = 16) -> list[dict]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import io
+
 MAX_POINTS = 50_000  # scatter points drawn at most (a random subset beyond that: same picture, small file)
 
 
@@ -20,20 +22,22 @@ def _figure(ncols: int = 1, width: float = 5.5):
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
-def parity(path: Path, f_teacher, f_student, e_teacher_pa, e_student_pa, force_mae: float,
-           energy_mae: float) -> None:
-    """Student vs teacher force components (eV/Å) and energies per atom (eV/atom), with y = x."""
+def parity(path: Path, f_teacher, f_student, de_teacher, de_student, force_mae: float,
+           deviation_mae: float) -> None:
+    """Student vs teacher force components (eV/Å), and per-structure energy deviations from each seed's
+    mean (eV/atom; see ``comparison.energy_deviations``), with y = x."""
     fig, (ax, ax_e) = _figure(2, width=5.0)
     t, s = np.ravel(f_teacher), np.ravel(f_student)
     if t.size > MAX_POINTS:
         keep = np.random.default_rng(0).choice(t.size, MAX_POINTS, replace=False)
         t, s = t[keep], s[keep]
     for axis, x, y, mae, unit, what in ((ax, t, s, force_mae, "eV/Å", "force component"),
-                                        (ax_e, e_teacher_pa, e_student_pa, energy_mae, "eV/atom",
-                                         "energy per atom")):
+                                        (ax_e, de_teacher, de_student, deviation_mae, "eV/atom",
+                                         "E/atom − seed mean")):
         x, y = np.asarray(x), np.asarray(y)
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         pad = 0.05 * (hi - lo or 1.0)
@@ -46,7 +50,7 @@ def parity(path: Path, f_teacher, f_student, e_teacher_pa, e_student_pa, force_m
                  xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal")
         axis.legend(loc="upper left", fontsize=9)
     ax.set_title("forces: student vs teacher")
-    ax_e.set_title("energies: student vs teacher")
+    ax_e.set_title("energy deviations from each seed's mean")
     _save(fig, path)
 
 

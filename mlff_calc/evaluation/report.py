@@ -4,36 +4,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from ase.data import chemical_symbols
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from .. import io
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN and inf -> None (JSON has no NaN)."""
+def json_safe(value: Any) -> Any:
+    """A JSON-safe copy: numpy scalars and arrays to Python, NaN and inf to None, other objects to str."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def write_json(path: Path, payload: dict) -> dict:
     """Write ``payload`` as JSON and return the JSON-clean copy that was written."""
-    clean = _plain(payload)
-    _atomic_write(path, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
+    clean = json_safe(payload)
+    io.write_text(path, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
     return clean
 
 
@@ -111,7 +108,7 @@ def _speed(m: dict) -> list[str]:
         lines.append(f"| {row['formula']} | {row['n_atoms']} | {_f(row['student_ms'], '.3g')} | "
                      f"{_f(row['teacher_ms'], '.3g')} | {_f(ratio, '.3g')}x |")
     lines.append(f"| **all** | | **{_f(s['student_ms_per_call'], '.3g')}** | "
-                 f"**{_f(s['teacher_ms_per_call'], '.3g')}** | **{_f(s['speedup'], '.3g')}x** |")
+                 f"**{_f(s['teacher_ms_per_call'], '.3g')}** | **{_f(s['speed_ratio'], '.3g')}x** |")
     return lines
 
 
@@ -159,4 +156,4 @@ def write_report(path: Path, m: dict) -> None:
     """Markdown report of the metrics dict ``m`` (as returned by ``compare``); figures by relative path."""
     lines = _header(m) + _errors(m) + _speed(m) + _nve(m) + _rdf(m)
     lines += ["", "All numbers, with units in their names, are in `metrics.json`.", ""]
-    _atomic_write(path, "\n".join(lines))
+    io.write_text(path, "\n".join(lines))

@@ -23,20 +23,21 @@ of a stage that re-ran.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from io import StringIO
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import io
+from ..errors import InputError
 from .recipe import dump_recipe, load_recipe, read_yaml
-from .stages import STAGES, Context
-from .state import RunState, atomic_write_text, digest
+from .stages import STAGES, Context, assemble_report
+from .state import RunState, digest
 
 
 @dataclass
@@ -76,7 +77,7 @@ def read_seeds(structures: Sequence[str | os.PathLike | Any]) -> list:
         else:
             seeds.extend(read_seed_files([item]))
     if not seeds:
-        raise ValueError("no seed structures given (--structures)")
+        raise InputError("no seed structures given (--structures)")
     return seeds
 
 
@@ -120,18 +121,19 @@ def distill(
     seeds = read_seeds(structures)
     options = dict(teacher_options or {})
     if teacher.lower() not in TEACHERS and ":" not in teacher:  # options are checked when it is built
-        raise ValueError(f"unknown teacher {teacher!r}; choose one of {sorted(TEACHERS)} "
+        raise InputError(f"unknown teacher {teacher!r}; choose one of {sorted(TEACHERS)} "
                          "or give package.module:callable")
 
     state = RunState.open(run_dir)
     try:
         _write_seeds(run_dir / "seeds.extxyz", seeds)
-        atomic_write_text(run_dir / "recipe.yaml", _recipe_header(teacher, options) + dump_recipe(config))
+        io.write_text(run_dir / "recipe.yaml", _recipe_header(teacher, options) + dump_recipe(config))
         ctx = Context(run_dir, config, teacher, options, seeds, fingerprint([a for _, a in seeds]),
                       device=device, quiet=quiet)
         ran, skipped = _run_stages(ctx, state)
+        assemble_report(run_dir)
         summary = make_summary(ctx, state, time.monotonic() - t_start)
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        io.write_json(run_dir / "summary.json", summary)
     finally:
         state.close()
     return DistillResult(run_dir, run_dir / "student.pt", run_dir / "report" / "report.md", summary, ran,
@@ -205,7 +207,7 @@ def _supersede(run_dir: Path, outputs: Sequence[str], stamp: str | None) -> str 
 def _write_seeds(path: Path, seeds: list) -> None:
     from ase.io import write
 
-    buf = io.StringIO()
+    buf = StringIO()
     for source, atoms in seeds:
         frame = atoms.copy()
         frame.calc = None
@@ -213,7 +215,7 @@ def _write_seeds(path: Path, seeds: list) -> None:
                       "source": source}
         write(buf, frame, format="extxyz")
     if not path.exists() or path.read_text() != buf.getvalue():
-        atomic_write_text(path, buf.getvalue())
+        io.write_text(path, buf.getvalue())
 
 
 def _recipe_header(teacher: str, options: dict[str, Any]) -> str:
@@ -224,23 +226,11 @@ def _recipe_header(teacher: str, options: dict[str, Any]) -> str:
 
 
 # ---- summary ----------------------------------------------------------------------------------------------
-def _metric(metrics: dict, *names: str) -> float | None:
-    """The first of ``names`` present in ``metrics`` (searched one level deep too)."""
-    for name in names:
-        if metrics.get(name) is not None:
-            return metrics[name]
-    for value in metrics.values():
-        if isinstance(value, dict):
-            found = _metric(value, *names)
-            if found is not None:
-                return found
-    return None
-
-
 def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]:
     """The headline numbers of the run, from the stage records."""
     info = {name: rec.get("info", {}) for name, rec in state.stages.items()}
-    m = info.get("evaluate", {}).get("metrics", {})
+    m = info.get("evaluate", {}).get("metrics", {})  # compare's metric names (evaluation/comparison.py)
+    errors, speed = m.get("errors") or {}, m.get("speed") or {}
     md_runs = info.get("md", {}).get("runs", [])
     drifts = {}
     for dtype in ctx.recipe["md"]["dtypes"]:
@@ -259,14 +249,10 @@ def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]
         "frames": {"train": info.get("label", {}).get("labelled"), "heldout": info.get("label_heldout", {})
                    .get("labelled")},
         "training": {k: info.get("train", {}).get(k) for k in ("epochs", "stop_reason", "train_time_s")},
-        "heldout_frames_compared": _metric(m, "n_frames", "frames"),
-        "force_mae_ev_per_ang": _metric(m, "force_mae_ev_per_ang", "force_mae"),
-        "force_rmse_ev_per_ang": _metric(m, "force_rmse_ev_per_ang", "force_rmse"),
-        "force_cosine": _metric(m, "force_cosine_mean", "force_cosine"),
-        "energy_mae_ev_per_atom": _metric(m, "energy_mae_ev_per_atom", "energy_mae_per_atom"),
-        "student_ms_per_step": _metric(m, "student_ms_per_step", "student_ms_per_call", "student_ms"),
-        "teacher_ms_per_step": _metric(m, "teacher_ms_per_step", "teacher_ms_per_call", "teacher_ms"),
-        "speed_ratio": _metric(m, "speed_ratio", "speedup"),
+        "heldout_frames_compared": errors.get("n_frames"),
+        **{k: errors.get(k) for k in ("force_mae_ev_per_ang", "force_rmse_ev_per_ang", "force_cosine_mean",
+                                      "energy_mae_ev_per_atom")},
+        **{k: speed.get(k) for k in ("student_ms_per_call", "teacher_ms_per_call", "speed_ratio")},
         "nve": drifts,
         "md_steps": ctx.recipe["md"]["steps"],
         "md_timestep_fs": ctx.recipe["md"]["timestep"],
@@ -292,10 +278,10 @@ def format_summary(s: dict[str, Any]) -> str:
              f"{num(s['training']['train_time_s'], '.0f', ' s')} ({s['training']['stop_reason']})",
              f"  force MAE vs teacher  {num(s['force_mae_ev_per_ang'], '.4f', ' eV/Å')} on "
              f"{s['heldout_frames_compared'] or s['frames']['heldout']} held-out frames "
-             f"(RMSE {num(s['force_rmse_ev_per_ang'], '.4f')}, cosine {num(s['force_cosine'], '.4f')})",
+             f"(RMSE {num(s['force_rmse_ev_per_ang'], '.4f')}, cosine {num(s['force_cosine_mean'], '.4f')})",
              f"  energy MAE            {num(s['energy_mae_ev_per_atom'], '.2f', ' meV/atom', 1e3)}",
-             f"  speed                 student {num(s['student_ms_per_step'], '.2f', ' ms')}, teacher "
-             f"{num(s['teacher_ms_per_step'], '.2f', ' ms')} per force call: speed ratio (teacher/student) "
+             f"  speed                 student {num(s['student_ms_per_call'], '.2f', ' ms')}, teacher "
+             f"{num(s['teacher_ms_per_call'], '.2f', ' ms')} per force call: speed ratio (teacher/student) "
              f"{num(s['speed_ratio'], '.2f', 'x')}"]
     for dtype, d in s["nve"].items():
         state = "stable" if d["stable"] else "UNSTABLE"

@@ -16,7 +16,9 @@ Sections (each key documented in ``mlff_calc/recipes/standard.yaml``)::
                 (float32 and/or float64), structures (seed indices; null = every seed), seed
 
 A recipe is a preset (``mlff_calc/recipes/<name>.yaml``) with a user's YAML merged over it key by key,
-so a user file need only name what it changes. Unknown sections and keys are refused, naming the key.
+so a user file need only name what it changes. Every section is a typed dataclass (:class:`Recipe`), read
+with :mod:`mlff_calc.schema` like the training configuration: unknown sections and keys, sections that are
+not mappings, values of the wrong type or range are refused, naming the key.
 """
 
 from __future__ import annotations
@@ -24,62 +26,103 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
-import math
-import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from .. import schema
+from ..errors import InputError
+from ..evaluation.report import json_safe
 
 PRESETS = ("quick", "standard")
 SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md")
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+
+@dataclass
+class HeldoutConfig:
+    """Independent evaluation trajectories; everything not named here as in ``sampling``."""
+
+    frames: int  # per seed structure
+    seed: int  # != sampling.seed
+    temperatures: Optional[list[float]]  # K; None: sampling's
+
+    def checks(self):
+        return [("frames", self.frames >= 1, "must be >= 1 (frames per seed structure)"),
+                ("temperatures", self.temperatures is None or (len(self.temperatures) > 0
+                                                                and min(self.temperatures) > 0),
+                 "must be a list of temperatures > 0 K, or null for sampling's")]
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+@dataclass
+class LabellingConfig:
+    batch_size: int  # frames per commit
+    commit_interval: float  # s
+
+    def checks(self):
+        return [("batch_size", self.batch_size >= 1, "must be >= 1"),
+                ("commit_interval", self.commit_interval > 0, "must be > 0 seconds")]
 
 
-def _positive_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(_is_num(t) and t > 0 for t in v)
+@dataclass
+class EvaluationConfig:
+    max_frames: int  # held-out frames compared
+    nve_steps: int  # compare's own student NVE; 0 = none
+    teacher_md: bool  # also run teacher MD for the RDF
+
+    def checks(self):
+        return [("max_frames", self.max_frames >= 1, "must be >= 1"),
+                ("nve_steps", self.nve_steps >= 0, "must be >= 0")]
 
 
-# Keys of the sections other than ``sampling`` and ``training`` (whose keys come from their dataclasses):
-# name -> (type check, message). ``None`` is allowed only where the message says "or null".
-_SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
-    "heldout": {
-        "frames": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1 (frames per seed structure)"),
-        "seed": (lambda v: _is_int(v), "must be an integer"),
-        "temperatures": (lambda v: v is None or _positive_list(v), "must be a list of temperatures > 0 K, "
-                                                                   "or null for sampling's"),
-    },
-    "labelling": {
-        "batch_size": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-        "commit_interval": (lambda v: _is_num(v) and v > 0, "must be > 0 seconds"),
-    },
-    "evaluation": {
-        "max_frames": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-        "nve_steps": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
-        "teacher_md": (lambda v: isinstance(v, bool), "must be true or false"),
-    },
-    "md": {
-        "steps": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
-        "timestep": (lambda v: _is_num(v) and 0 < v <= 10, "must be in (0, 10] fs"),
-        "temperature": (lambda v: _is_num(v) and v > 0, "must be > 0 K"),
-        "dtypes": (lambda v: isinstance(v, list) and v and all(d in ("float32", "float64") for d in v)
-                   and len(set(v)) == len(v), "must be a list of float32 and/or float64"),
-        "structures": (lambda v: v is None or (isinstance(v, list) and v and all(_is_int(i) and i >= 0
-                                                                                for i in v)),
-                       "must be a list of seed-structure indices, or null for every seed"),
-        "seed": (lambda v: _is_int(v), "must be an integer"),
-    },
-}
+@dataclass
+class MDCheckConfig:
+    """The stability check: student NVE from seed structures."""
+
+    steps: int
+    timestep: float  # fs
+    temperature: float  # K, initial velocities
+    dtypes: list[str]  # float32 and/or float64
+    structures: Optional[list[int]]  # seed indices; None = every seed
+    seed: int
+
+    def checks(self):
+        d, s = self.dtypes, self.structures
+        return [("steps", self.steps >= 1, "must be >= 1"),
+                ("timestep", 0 < self.timestep <= 10, "must be in (0, 10] fs"),
+                ("temperature", self.temperature > 0, "must be > 0 K"),
+                ("dtypes", len(d) > 0 and set(d) <= {"float32", "float64"} and len(set(d)) == len(d),
+                 "must be a list of float32 and/or float64"),
+                ("structures", s is None or (len(s) > 0 and min(s) >= 0),
+                 "must be a list of seed-structure indices, or null for every seed")]
+
+
+def _sampling_config_class():
+    from ..workflow.sampling import SamplingConfig
+
+    return SamplingConfig
+
+
+@dataclass
+class Recipe:
+    """A full recipe; :func:`load_recipe` returns it as plain data (``dataclasses.asdict``)."""
+
+    sampling: Any  # workflow.sampling.SamplingConfig (its own __post_init__ checks values)
+    heldout: HeldoutConfig
+    labelling: LabellingConfig
+    training: Any  # training.config.TrainConfig without data.path and run.out
+    evaluation: EvaluationConfig
+    md: MDCheckConfig
+
+    def checks(self):
+        same = self.heldout.seed == self.sampling.seed
+        return [("heldout.seed", not same, f"must differ from sampling.seed ({self.sampling.seed}), or the "
+                                           "held-out frames would repeat the training trajectory")]
 
 
 def preset_path(name: str) -> Path:
     """The YAML file of a shipped preset (``quick`` or ``standard``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return Path(str(importlib.resources.files("mlff_calc") / "recipes" / f"{name}.yaml"))
 
 
@@ -93,11 +136,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"recipe {path} is not valid YAML: {exc}") from None
+        raise InputError(f"recipe {path} is not valid YAML: {exc}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ValueError(f"recipe {path}: expected a mapping of sections {list(SECTIONS)}, "
+        raise InputError(f"recipe {path}: expected a mapping of sections {list(SECTIONS)}, "
                          f"got {type(raw).__name__}")
     return raw
 
@@ -113,96 +156,48 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """``set_dotted(r, "training.run.max_time", 60)``: set a nested key, creating mappings on the way."""
-    *parents, last = dotted.split(".")
-    node = raw
-    for name in parents:
-        node = node.setdefault(name, {})
-    node[last] = value
-
-
 def load_recipe(preset: str | None = "standard", path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None,
                 base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The full, validated recipe: ``base`` (or the preset's file) <- ``path`` <- dotted ``overrides``.
 
-    Returns plain nested data (what ``RUN_DIR/recipe.yaml`` holds). ``ValueError`` names a bad key.
+    Returns plain nested data (what ``RUN_DIR/recipe.yaml`` holds).
+    ``InputError`` (a ``ValueError``) names a bad key.
     """
     raw = copy.deepcopy(base) if base is not None else read_yaml(preset_path(preset or "standard"))
     if path is not None:
         raw = merge(raw, read_yaml(path))
     for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
+        schema.set_dotted(raw, dotted, value, label="recipe")
     return validate(raw)
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Check every section and key; fill nothing in (presets are complete); return a normalised copy."""
-    from ..workflow.sampling import SamplingConfig
     from ..training.config import config_from_dict
 
     if not isinstance(raw, dict):
-        raise ValueError(f"recipe: expected a mapping of sections {list(SECTIONS)}")
+        raise InputError(f"recipe: expected a mapping of sections {list(SECTIONS)}, got {type(raw).__name__}")
     for name in raw:
         if name not in SECTIONS:
-            raise ValueError(f"recipe: unknown section {name!r}; known sections: {', '.join(SECTIONS)}")
-    missing = [s for s in SECTIONS if not isinstance(raw.get(s), dict)]
+            raise InputError(f"recipe: unknown section {name!r}; known sections: {', '.join(SECTIONS)}")
+    missing = [s for s in SECTIONS if s not in raw]
     if missing:
-        raise ValueError(f"recipe: section {missing[0]!r} is missing or not a mapping")
-    out = copy.deepcopy(raw)
-
-    # sampling: SamplingConfig's own fields and checks.
-    fields = [f.name for f in dataclasses.fields(SamplingConfig)]
-    _known_keys("sampling", out["sampling"], fields)
-    absent = [k for k in fields if k not in out["sampling"]]
-    if absent:
-        raise ValueError(f"recipe: sampling.{absent[0]} is missing")
-    for key in ("frames", "interval", "warmup", "seed"):
-        if not _is_int(out["sampling"][key]):
-            raise ValueError(f"recipe sampling.{key}: must be an integer, got {out['sampling'][key]!r}")
-    if not _positive_list(out["sampling"]["temperatures"]):
-        raise ValueError("recipe sampling.temperatures: must be a list of temperatures > 0 K, "
-                         f"got {out['sampling']['temperatures']!r}")
-    try:
-        SamplingConfig(**out["sampling"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"recipe sampling: {exc}") from None
-    out["sampling"]["temperatures"] = [float(t) for t in out["sampling"]["temperatures"]]
-
-    for section, schema in _SCHEMA.items():
-        values = out[section]
-        _known_keys(section, values, schema)
-        for key, (ok, message) in schema.items():
-            if key not in values:
-                raise ValueError(f"recipe: {section}.{key} is missing")
-            if not ok(values[key]):
-                raise ValueError(f"recipe {section}.{key}: {message}, got {values[key]!r}")
-    if out["heldout"]["seed"] == out["sampling"]["seed"]:
-        raise ValueError(f"recipe heldout.seed: must differ from sampling.seed ({out['sampling']['seed']}), "
-                         "or the held-out frames would repeat the training trajectory")
-
-    # training: the training schema, minus the two paths distill owns.
-    for key in ("data.path", "run.out"):
+        raise InputError(f"recipe: section {missing[0]!r} is missing")
+    for key in ("data.path", "run.out"):  # the two paths distill owns
         section, name = key.split(".")
-        if name in (out["training"].get(section) or {}):
-            raise ValueError(f"recipe training.{key}: set by distill (RUN_DIR), remove it from the recipe")
-    try:
-        out["training"] = config_from_dict(out["training"]).to_dict()
-    except ValueError as exc:  # "config model.x: ..." / "config: unknown key model.x" -> "training.model.x"
-        message = re.sub(r"^config: unknown section '(\w+)'", r"config: unknown section \1", str(exc))
-        raise ValueError(re.sub(r"^config(:? )(unknown key |unknown section )?", r"recipe\1\2training.",
-                                message)) from None
-    for section in ("data", "run"):  # distill fills these in
-        out["training"][section].pop({"data": "path", "run": "out"}[section])
+        if isinstance(raw.get("training"), dict) and name in (raw["training"].get(section) or {}):
+            raise InputError(f"recipe training.{key}: set by distill (RUN_DIR), remove it from the recipe")
+    kinds = {"sampling": _sampling_config_class(), "heldout": HeldoutConfig, "labelling": LabellingConfig,
+             "evaluation": EvaluationConfig, "md": MDCheckConfig}
+    sections = {name: schema.from_dict(kind, raw[name], label="recipe", prefix=f"{name}.", required=True)
+                for name, kind in kinds.items()}
+    sections["training"] = config_from_dict(raw["training"], label="recipe", prefix="training.")
+    recipe = schema.validate(Recipe(**sections), label="recipe")
+    out = json_safe(dataclasses.asdict(recipe))  # tuples to lists: YAML's safe dumper writes lists
+    for section, name in (("data", "path"), ("run", "out")):  # distill fills these in
+        out["training"][section].pop(name)
     return out
-
-
-def _known_keys(section: str, values: dict[str, Any], known) -> None:
-    for key in values:
-        if key not in known:
-            raise ValueError(f"recipe: unknown key {section}.{key}; known keys of {section}: "
-                             f"{', '.join(sorted(known))}")
 
 
 def dump_recipe(recipe: dict[str, Any]) -> str:

@@ -10,23 +10,24 @@ Outputs of every stage (paths below RUN_DIR)::
     data/train.h5, data/heldout.h5  label, label_heldout: teacher labels (crash-safe, resumable)
     train/                          train: `mlff-calc train` run dir (last.pt, metrics, curve)
     student.pt                      train: copy of train/student.pt (the best EMA weights)
-    report/                         evaluate: report.md, figures, metrics.json (mlff_calc.evaluation)
-    md/                             md: md.json and one .traj/.log per seed structure and dtype
+    report/                         evaluate: evaluate.md (its section), figures, metrics.json
+    md/                             md: md.json, report.md (its section), one .traj/.log per seed and dtype
+    report/report.md                assembled by distill from the stages' sections, in stage order
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .state import atomic_write_text
+from .. import io
+from ..errors import InputError, TeacherError
+from ..evaluation.report import json_safe
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Stage:
     run: Callable[[Context], dict]
     continuable: Callable[[Context], dict] = lambda ctx: {}
     keep_old: bool = True  # move superseded outputs aside (teacher work, training); False: just delete
+    section: str | None = None  # the stage's own markdown section of report/report.md (see assemble_report)
 
 
 # ---- sampling ---------------------------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def _sample(ctx: Context, heldout: bool) -> dict:
         # write_extxyz renames a complete file into place: a killed stage leaves no truncated output.
         written = write_extxyz(out, sample_structures(ctx.seeds, calc, config, on_frame=on_frame))
     if written == 0:
-        raise RuntimeError(f"sampling produced no frames (every MD trajectory blew up at once; see the "
+        raise TeacherError(f"sampling produced no frames (every MD trajectory blew up at once; see the "
                            f"warnings above): check the seed structures and the teacher {ctx.teacher!r}")
     return {"frames": written, "requested": requested, "modes": counts,
             "file": str(out.relative_to(ctx.run_dir))}
@@ -141,7 +143,7 @@ def _label(ctx: Context, name: str) -> dict:
                         commit_interval=lab["commit_interval"], progress=ctx.progress)
     if report.done == 0:
         reasons = sorted(set(report.failed_total.values()))[:3]
-        raise RuntimeError(f"the teacher failed on every frame of frames/{name}.extxyz: {'; '.join(reasons)}")
+        raise TeacherError(f"the teacher failed on every frame of frames/{name}.extxyz: {'; '.join(reasons)}")
     if report.failed_total:
         ctx.log(f"  {len(report.failed_total)} of {report.shard_frames} frames failed in the teacher and are "
                 f"skipped (reasons in data/{name}.h5 /failures)")
@@ -189,16 +191,11 @@ def _train(ctx: Context) -> dict:
         raw["run"]["device"] = ctx.device
     raw["run"]["quiet"] = raw["run"]["quiet"] or ctx.quiet
     result = train(config_from_dict(raw))
-    _atomic_copy(result.checkpoint, ctx.path("student.pt"))
+    with io.atomic_path(ctx.path("student.pt")) as tmp:
+        shutil.copyfile(result.checkpoint, tmp)
     return {"epochs": result.epochs, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
             "train_time_s": result.train_time, "validation": result.val_metrics, "test": result.test_metrics,
             "checkpoint": "student.pt"}
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp.{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 @contextlib.contextmanager
@@ -217,9 +214,19 @@ def _torch_threads(ctx: Context):
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------
+def _student_sha256(ctx: Context) -> str | None:
+    """The student these metrics describe: a student.pt replaced by hand (e.g. ``mlff-calc train --out
+    RUN_DIR --overwrite``) re-runs the evaluation and the MD check, so old numbers never sit beside it."""
+    import hashlib
+
+    path = ctx.path("student.pt")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _evaluate_key(ctx: Context) -> dict:
     return {"teacher": ctx.teacher_spec(), "evaluation": ctx.recipe["evaluation"],
-            "md": {k: ctx.recipe["md"][k] for k in ("timestep", "temperature")}}
+            "md": {k: ctx.recipe["md"][k] for k in ("timestep", "temperature")},
+            "student": _student_sha256(ctx)}
 
 
 def _evaluate(ctx: Context) -> dict:
@@ -242,34 +249,15 @@ def _evaluate(ctx: Context) -> dict:
             nve_steps=ev["nve_steps"], timestep=md["timestep"], temperature=md["temperature"],
             teacher_md=ev["teacher_md"], md_structure=md_structure, device=ctx.device, progress=ctx.progress,
         )
+    # compare's report.md is this stage's section; report/report.md is assembled from all sections.
+    (report / "report.md").replace(report / "evaluate.md")
     keep = ("errors", "speed", "nve", "rdf")  # headline numbers; the rest stays in report/metrics.json
-    return {"metrics": _plain({k: metrics.get(k) for k in keep}), "report": "report/report.md"}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy (numpy scalars and arrays to Python; NaN kept as None)."""
-    import math
-
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    return {"metrics": json_safe({k: metrics.get(k) for k in keep}), "report": "report/report.md"}
 
 
 # ---- MD stability check -----------------------------------------------------------------------------------
 def _md_key(ctx: Context) -> dict:
-    return {"md": ctx.recipe["md"], "seeds": ctx.seeds_sha256}
+    return {"md": ctx.recipe["md"], "seeds": ctx.seeds_sha256, "student": _student_sha256(ctx)}
 
 
 def _md(ctx: Context) -> dict:
@@ -280,7 +268,7 @@ def _md(ctx: Context) -> dict:
 
 def _md_runs(ctx: Context) -> dict:
     from ..calculator import StudentCalculator
-    from ..md import MDBlowUp, run_md
+    from ..evaluation.nve import run_nve
 
     md = ctx.recipe["md"]
     indices = md["structures"] if md["structures"] is not None else range(len(ctx.seeds))
@@ -289,47 +277,37 @@ def _md_runs(ctx: Context) -> dict:
     runs = []
     for i in indices:
         if i >= len(ctx.seeds):
-            raise ValueError(f"recipe md.structures: index {i}, but there are only {len(ctx.seeds)} seed "
+            raise InputError(f"recipe md.structures: index {i}, but there are only {len(ctx.seeds)} seed "
                              "structures")
         source, atoms = ctx.seeds[i]
         for dtype in md["dtypes"]:
             calc = StudentCalculator.from_checkpoint(ctx.path("student.pt"), device=ctx.device, dtype=dtype)
             name = f"{i:02d}_{atoms.get_chemical_formula()}_{dtype}"
+            res = run_nve(atoms, calc, temperature=md["temperature"], timestep=md["timestep"],
+                          steps=md["steps"], interval=10, traj=out_dir / f"{name}.traj",
+                          log=out_dir / f"{name}.log", seed=md["seed"], progress=ctx.progress)
             row = {"structure": i, "source": source, "formula": atoms.get_chemical_formula(),
                    "n_atoms": len(atoms), "dtype": dtype, "steps": md["steps"], "timestep_fs": md["timestep"],
-                   "temperature_k": md["temperature"], "traj": f"md/{name}.traj"}
-            t0 = time.perf_counter()
-            try:
-                res = run_md(atoms.copy(), calc, ensemble="nve", temperature=md["temperature"],
-                             timestep=md["timestep"], steps=md["steps"], traj=out_dir / f"{name}.traj",
-                             log=out_dir / f"{name}.log", interval=10, seed=md["seed"], progress=ctx.progress)
-                row.update(stable=True, steps_done=res.steps_done,
-                           drift_mev_per_atom_ps=res.drift_mev_per_atom_ps,
-                           max_deviation_mev_per_atom=res.max_deviation_mev_per_atom,
-                           mean_temperature_k=float(res.temperatures.mean()), ns_per_day=res.ns_per_day)
-            except MDBlowUp as exc:
-                row.update(stable=False, steps_done=exc.step, error=str(exc))
-            row["wall_s"] = time.perf_counter() - t0
-            runs.append(_plain(row))
+                   "temperature_k": md["temperature"], "traj": f"md/{name}.traj", "stable": res["ok"],
+                   "steps_done": res["steps_done"], "wall_s": res["wall_s"],
+                   **{k: res[k] for k in ("drift_mev_per_atom_ps", "max_deviation_mev_per_atom",
+                                          "mean_temperature_k", "ns_per_day")}}
+            if not res["ok"]:
+                row["error"] = res["error"]
+            runs.append(json_safe(row))
             drift = row.get("drift_mev_per_atom_ps")
-            verdict = (f"stable, drift {drift:+.3f} meV/atom/ps" if row["stable"]
-                       else f"UNSTABLE: {row['error']}")
+            verdict = (f"stable, drift {drift:+.3f} meV/atom/ps" if row["stable"] and drift is not None
+                       else f"UNSTABLE: {row.get('error')}")
             ctx.log(f"  NVE {row['formula']} ({dtype}): {verdict}")
     info = {"runs": runs, "stable": all(r["stable"] for r in runs)}
-    atomic_write_text(out_dir / "md.json", json.dumps(info, indent=1) + "\n")
-    _append_to_report(ctx.path("report/report.md"), runs)
+    io.write_json(out_dir / "md.json", info)
+    io.write_text(out_dir / "report.md", md_section(runs))
     return info
 
 
-REPORT_MARKER = "<!-- mlff-calc distill: md check -->"
-
-
-def _append_to_report(report: Path, runs: list[dict]) -> None:
-    """Add (or replace) the MD-check table at the end of the evaluation's report.md."""
-    if not report.is_file():
-        return
-    text = report.read_text(encoding="utf-8").split(REPORT_MARKER)[0].rstrip() + "\n"
-    lines = ["", REPORT_MARKER, "## MD stability check (`mlff-calc distill`)", "",
+def md_section(runs: list[dict]) -> str:
+    """The MD check's section of the distill report (``md/report.md``; :mod:`.report` assembles them)."""
+    lines = ["## MD stability check (`mlff-calc distill`)", "",
              "Student NVE (velocity Verlet, Maxwell-Boltzmann start) from each seed structure; drift is the "
              "slope of a line fitted to the total energy per atom.", "",
              "| structure | atoms | dtype | steps x fs | stable | drift (meV/atom/ps) "
@@ -344,7 +322,20 @@ def _append_to_report(report: Path, runs: list[dict]) -> None:
                      f"| {stable} | {f('drift_mev_per_atom_ps', '+.4f')} "
                      f"| {f('max_deviation_mev_per_atom', '.4f')} "
                      f"| {f('mean_temperature_k', '.0f')} |")
-    atomic_write_text(report, text + "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def assemble_report(run_dir: Path) -> Path | None:
+    """``report/report.md`` = the sections the stages wrote, in stage order (each stage owns its section
+    file and rewrites only that; nothing edits another stage's output). None before the evaluation ran."""
+    parts = [run_dir / s.section for s in STAGES if s.section and (run_dir / s.section).is_file()]
+    if not (run_dir / "report").is_dir() or not parts:
+        return None
+    text = "\n".join(part.read_text(encoding="utf-8").rstrip() + "\n" for part in parts)
+    report = run_dir / "report" / "report.md"
+    if not report.is_file() or report.read_text(encoding="utf-8") != text:
+        io.write_text(report, text)
+    return report
 
 
 STAGES: tuple[Stage, ...] = (
@@ -360,8 +351,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "train the student", ("label",), ("train", "student.pt"), key=_train_key, run=_train,
           continuable=_train_continuable),
     Stage("evaluate", "compare student and teacher on held-out frames", ("train", "label_heldout"),
-          ("report",), key=_evaluate_key, run=_evaluate, keep_old=False),
-    # After evaluate: it appends its table to the report, so a re-written report gets it again.
+          ("report",), key=_evaluate_key, run=_evaluate, keep_old=False, section="report/evaluate.md"),
+    # After evaluate, so that the sections of report/report.md always come from the same run.
     Stage("md", "student NVE stability check", ("train", "evaluate"), ("md",), key=_md_key, run=_md,
-          keep_old=False),
+          keep_old=False, section="md/report.md"),
 )

@@ -12,7 +12,6 @@ they decide what re-runs.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .. import io
+from ..errors import DataError, InputError
 
 FORMAT = "mlff_calc.distill.state"
 VERSION = 1
@@ -34,21 +36,6 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader (or a crash) sees the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # make the rename itself durable
-    finally:
-        os.close(fd)
-
-
 class RunState:
     """The stage records of one run directory; every change is written to disk at once."""
 
@@ -56,7 +43,7 @@ class RunState:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "state.json"
         self.stages: dict[str, dict[str, Any]] = {}
-        self._lock_fd: int | None = None
+        self._lock = io.DirectoryLock(self.run_dir, "another mlff-calc distill")
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike) -> "RunState":
@@ -67,44 +54,33 @@ class RunState:
         """
         state = cls(Path(run_dir))
         if state.run_dir.exists() and not state.run_dir.is_dir():
-            raise ValueError(f"--out {state.run_dir} exists and is not a directory")
+            raise InputError(f"--out {state.run_dir} exists and is not a directory")
         if state.run_dir.is_dir() and not state.path.exists():
             others = [p.name for p in state.run_dir.iterdir() if p.name != ".lock"]
             if others:
-                raise ValueError(f"--out {state.run_dir} is not empty and has no state.json, so it is not a "
+                raise InputError(f"--out {state.run_dir} is not empty and has no state.json, so it is not a "
                                  f"distill run directory (it holds {', '.join(sorted(others)[:5])}); "
                                  "choose a new or empty directory")
         state.run_dir.mkdir(parents=True, exist_ok=True)
-        state._lock()
+        state._lock.acquire()
         if state.path.exists():
             try:
                 raw = json.loads(state.path.read_text())
             except json.JSONDecodeError as exc:  # cannot happen with atomic writes, unless edited by hand
-                raise ValueError(f"{state.path} is not valid JSON ({exc}); fix or remove it") from None
+                raise DataError(f"{state.path} is not valid JSON ({exc}); fix or remove it") from None
             if raw.get("format") != FORMAT or raw.get("version", 0) > VERSION:
-                raise ValueError(f"{state.path} is not a distill state file this version can read")
+                raise DataError(f"{state.path} is not a distill state file this version can read")
             state.stages = raw.get("stages", {})
         else:
             state.save()
         return state
 
-    def _lock(self) -> None:
-        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(f"another mlff-calc distill is running in {self.run_dir}") from None
-        self._lock_fd = fd
-
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        self._lock.release()
 
     def save(self) -> None:
         raw = {"format": FORMAT, "version": VERSION, "updated": now_iso(), "stages": self.stages}
-        atomic_write_text(self.path, json.dumps(raw, indent=1, sort_keys=False) + "\n")
+        io.write_json(self.path, raw)
 
     def start(self, name: str, key: str, stage_digest: str) -> None:
         old = self.stages.get(name, {})

@@ -2,7 +2,7 @@
 
     from mlff_calc.training import train, load_config
     result = train(load_config("cfg.yaml", {"data.path": "data.h5", "run.out": "runs/x"}))
-    result.test_metrics["force_mae"]        # eV/Å, best weights vs the teacher on the test split
+    result.test_metrics["force_mae_ev_per_ang"]        # eV/Å, best weights vs the teacher on the test split
 """
 
 from .config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, load_config

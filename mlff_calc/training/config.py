@@ -1,7 +1,8 @@
 """The training configuration: a typed schema (dataclasses) read from YAML.
 
-Every setting has one default, here. ``load_config`` rejects unknown keys and bad values with a
-message that names the key (``optim.lr: must be > 0, got -1``). ``RUN_DIR/config.yaml`` holds the
+Every setting has one default, here. ``load_config`` rejects unknown keys, sections that are not
+mappings and bad values with a message that names the key (``optim.lr: must be > 0, got -1``);
+the machinery is :mod:`mlff_calc.schema`, shared with the distill recipe. ``RUN_DIR/config.yaml`` holds the
 configuration a run actually used; feeding it back reproduces the run.
 """
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union
+
+from .. import schema
+from ..errors import InputError
 
 
 @dataclass
@@ -93,10 +96,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` naming the first bad setting; return ``self``."""
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """``(key, ok, message)`` of every range check (:func:`mlff_calc.schema.validate` runs them)."""
         m, d, lo, o, r = self.model, self.data, self.loss, self.optim, self.run
-        checks = [
+        return [
             ("model.hidden_dim", m.hidden_dim >= 1, "must be >= 1"),
             ("model.num_interactions", m.num_interactions >= 1, "must be >= 1"),
             ("model.num_rbf", m.num_rbf >= 1, "must be >= 1"),
@@ -104,6 +107,10 @@ class TrainConfig:
             ("model.max_z", 1 <= m.max_z <= 118, "must be in 1..118"),
             ("data.val_size", d.val_size > 0, "must be > 0 (a fraction < 1 or a count >= 1)"),
             ("data.test_size", d.test_size >= 0, "must be >= 0 (a fraction < 1 or a count >= 1)"),
+            ("data.val_size", d.val_size < 1 or d.val_size == int(d.val_size),
+             "a count (>= 1) must be a whole number"),
+            ("data.test_size", d.test_size < 1 or d.test_size == int(d.test_size),
+             "a count (>= 1) must be a whole number"),
             ("data.batch_size", d.batch_size >= 1, "must be >= 1"),
             ("loss.energy_weight", lo.energy_weight >= 0, "must be >= 0"),
             ("loss.force_weight", lo.force_weight >= 0, "must be >= 0"),
@@ -126,64 +133,21 @@ class TrainConfig:
             ("run.dtype", r.dtype in ("float32", "float64"), "must be float32 or float64"),
             ("run.num_threads", r.num_threads is None or r.num_threads >= 1, "must be >= 1 (or null)"),
         ]
-        for key, ok, message in checks:
-            if not ok:
-                raise ValueError(f"config {key}: {message}, got {_get(self, key)!r}")
-        for key in ("data.val_size", "data.test_size"):
-            value = _get(self, key)
-            if value >= 1 and value != int(value):
-                raise ValueError(f"config {key}: a count (>= 1) must be a whole number, got {value!r}")
-        return self
+
+    def validate(self, label: str = "config", prefix: str = "") -> "TrainConfig":
+        """Raise :class:`~mlff_calc.errors.InputError` naming the first bad setting; return ``self``."""
+        return schema.validate(self, label=label, prefix=prefix)
 
 
-def _get(config: TrainConfig, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(config, section), name)
+def config_from_dict(raw: dict[str, Any] | None, base: TrainConfig | None = None, *, label: str = "config",
+                     prefix: str = "") -> TrainConfig:
+    """Build (and validate) a config from nested plain data, on top of ``base`` (default: the defaults).
 
-
-def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``kind``; ints are accepted where floats are expected."""
-    if get_origin(kind) is Union:  # Optional[...]
-        if value is None:
-            return None
-        kind = next(k for k in get_args(kind) if k is not type(None))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"config {key}: expected {kind.__name__}, got {value!r} ({type(value).__name__})")
-
-
-def config_from_dict(raw: dict[str, Any] | None, base: TrainConfig | None = None) -> TrainConfig:
-    """Build (and validate) a config from nested plain data, on top of ``base`` (default: the defaults)."""
-    config = copy.deepcopy(base) if base is not None else TrainConfig()
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"config must be a mapping of sections {list(config.to_dict())}, "
-                         f"got {type(raw).__name__}")
-    sections = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name, values in raw.items():
-        if name not in sections:
-            raise ValueError(f"config: unknown section {name!r}; known sections: {sorted(sections)}")
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise ValueError(f"config {name}: expected a mapping of settings, got {values!r}")
-        section = getattr(config, name)
-        hints = get_type_hints(type(section))
-        for key, value in values.items():
-            if key not in hints:
-                raise ValueError(f"config: unknown key {name}.{key}; known keys of {name}: {sorted(hints)}")
-            setattr(section, key, _coerce(value, hints[key], f"{name}.{key}"))
-    return config.validate()
+    ``label``/``prefix`` name the keys in messages (the recipe passes ``"recipe"``, ``"training."``).
+    """
+    config = schema.from_dict(TrainConfig, raw, label=label, prefix=prefix,
+                              base=copy.deepcopy(base) if base is not None else None)
+    return config.validate(label, prefix)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -198,15 +162,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"config {path} is not valid YAML: {exc}") from None
+            raise InputError(f"config {path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+            raise InputError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".")
-        if not isinstance(raw.get(section, {}), dict):
-            raw[section] = {}
-        raw.setdefault(section, {})[key] = value
+        schema.set_dotted(raw, dotted, value)  # a section given as a list is refused, not replaced
     return config_from_dict(raw)
 
 
@@ -214,7 +175,9 @@ def dump_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as YAML (sections in schema order)."""
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from .. import io
+
+    io.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 # Settings that may change between a run and its resumption; every other one must match.

@@ -24,6 +24,7 @@ import torch
 
 from ..data.reader import DatasetReader
 from ..data.torch_dataset import H5Dataset, collate
+from ..errors import DataError, InputError
 from .config import TrainConfig
 
 
@@ -56,7 +57,7 @@ def check_labels(arrays: dict[str, np.ndarray], reader: DatasetReader,
         bad = np.flatnonzero(per_frame_bad)
         if len(bad):
             more = f" (and {len(bad) - 1} more frames)" if len(bad) > 1 else ""
-            raise ValueError(f"{path}: {_frame_name(int(bad[0]), reader)} has {what}{more}")
+            raise DataError(f"{path}: {_frame_name(int(bad[0]), reader)} has {what}{more}")
 
     def per_frame(atom_values: np.ndarray) -> np.ndarray:  # (A,) bool -> (S,) count per frame
         if not len(atom_values):
@@ -74,7 +75,7 @@ def check_labels(arrays: dict[str, np.ndarray], reader: DatasetReader,
     if has_forces:
         first_bad(unlabelled, "no force labels (NaN) while other frames have them")
     elif need_forces:
-        raise ValueError(f"{path} has no force labels (every force is NaN); "
+        raise DataError(f"{path} has no force labels (every force is NaN); "
                          "set loss.force_weight: 0 to train on energies only")
 
     finite = np.isfinite(arrays["labels/stress"]).reshape(len(n_atoms), 9).sum(axis=1)
@@ -93,10 +94,23 @@ def split_sizes(n: int, val_size: float, test_size: float) -> tuple[int, int, in
     n_val, n_test = count(val_size), count(test_size)
     n_train = n - n_val - n_test
     if n_train < 1:
-        raise ValueError(f"the dataset has {n} frames: too few for {n_val} validation + {n_test} test "
+        raise InputError(f"the dataset has {n} frames: too few for {n_val} validation + {n_test} test "
                          "frames and at least one training frame; label more frames or lower "
                          "data.val_size/data.test_size")
     return n_train, n_val, n_test
+
+
+def split_frames(n: int, val_size: float, test_size: float,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The package's one train/validation/test split: ``(train, val, test)`` sorted int64 frame indices.
+
+    Sizes as in :func:`split_sizes`; disjoint and complete; a function of ``(n, sizes, seed)`` alone
+    (the training seed never changes it).
+    """
+    n_train, n_val, _ = split_sizes(n, val_size, test_size)
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, n))
+    return tuple(np.sort(order[a:b]).astype(np.int64) for a, b in bounds)
 
 
 def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
@@ -104,16 +118,18 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
     path = config.data.path
     reader = DatasetReader(path)
     if len(reader) == 0:
-        raise ValueError(f"{path} holds no frames; label some structures first (mlff-calc label)")
+        raise DataError(f"{path} holds no frames; label some structures first (mlff-calc label)")
     arrays = reader.arrays()
     has_forces, _ = check_labels(arrays, reader, need_forces=config.loss.force_weight > 0)
 
-    n_train, n_val, n_test = split_sizes(len(reader), config.data.val_size, config.data.test_size)
-    order = np.random.default_rng(config.data.split_seed).permutation(len(reader))
-    train, val, test = (np.sort(order[a:b]) for a, b in
-                        ((0, n_train), (n_train, n_train + n_val), (n_train + n_val, len(reader))))
+    train, val, test = split_frames(len(reader), config.data.val_size, config.data.test_size,
+                                    config.data.split_seed)
+    n_train, n_val, n_test = len(train), len(val), len(test)
 
     numbers = arrays["structures/atomic_numbers"]
+    if len(numbers) and int(numbers.max()) > config.model.max_z:
+        raise InputError(f"config model.max_z: {config.model.max_z} is below atomic number "
+                         f"{int(numbers.max())} in {path}; raise model.max_z (at most 118)")
     frame_of_atom = np.repeat(np.arange(len(reader)), reader.n_atoms)
     elements = sorted(int(z) for z in np.unique(numbers[np.isin(frame_of_atom, train)]))
     unseen = sorted(set(np.unique(numbers).tolist()) - set(elements))

@@ -80,12 +80,12 @@ class ErrorSums:
             return v[a] / v[n] if v[n] > 0 else math.nan
 
         out = {
-            "energy_mae_per_atom": ratio("e_abs", "n_structures"),
-            "energy_rmse_per_atom": math.sqrt(ratio("e_sq", "n_structures")),
-            "force_mae": ratio("f_abs", "n_force"),
-            "force_rmse": math.sqrt(ratio("f_sq", "n_force")),
-            "force_cosine": ratio("cos", "n_cos"),
-            "stress_mae": ratio("s_abs", "n_stress"),
+            "energy_mae_ev_per_atom": ratio("e_abs", "n_structures"),
+            "energy_rmse_ev_per_atom": math.sqrt(ratio("e_sq", "n_structures")),
+            "force_mae_ev_per_ang": ratio("f_abs", "n_force"),
+            "force_rmse_ev_per_ang": math.sqrt(ratio("f_sq", "n_force")),
+            "force_cosine_mean": ratio("cos", "n_cos"),
+            "stress_mae_ev_per_ang3": ratio("s_abs", "n_stress"),
         }
         loss = weights.energy_weight * ratio("e_sq", "n_structures")
         terms = ((weights.force_weight, "f_sq", "n_force"), (weights.stress_weight, "s_sq", "n_stress"))

@@ -5,35 +5,30 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
-CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "train_energy_mae_per_atom", "val_energy_mae_per_atom",
-               "train_force_mae", "val_force_mae", "val_force_rmse", "lr", "epoch_time_s", "train_time_s")
+from .. import io
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "train_energy_mae_ev_per_atom",
+               "val_energy_mae_ev_per_atom", "train_force_mae_ev_per_ang", "val_force_mae_ev_per_ang",
+               "val_force_rmse_ev_per_ang", "lr", "epoch_time_s", "train_time_s")
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     """One row per epoch (rewritten whole: a resumed run drops the rows of an epoch that was lost)."""
-    import io
-
-    buf = io.StringIO()
+    buf = StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write(path, buf.getvalue())
+    io.write_text(path, buf.getvalue())
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     clean = json.loads(json.dumps(payload, default=float), parse_constant=lambda c: None)  # NaN -> null
-    _atomic_write(path, json.dumps(clean, indent=2) + "\n")
+    io.write_json(path, clean, indent=2)
 
 
 def plot_learning_curve(path: Path, history: list[dict[str, Any]]) -> None:
@@ -51,7 +46,8 @@ def plot_learning_curve(path: Path, history: list[dict[str, Any]]) -> None:
         ax1.plot(epochs, [row[key] for row in history], label=label)
     ax1.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     ax1.legend()
-    curves = (("val_force_mae", "force MAE (eV/Å)"), ("val_energy_mae_per_atom", "energy MAE (eV/atom)"))
+    curves = (("val_force_mae_ev_per_ang", "force MAE (eV/Å)"),
+              ("val_energy_mae_ev_per_atom", "energy MAE (eV/atom)"))
     for key, label in curves:
         values = [row[key] for row in history]
         if any(math.isfinite(v) for v in values):
@@ -59,4 +55,5 @@ def plot_learning_curve(path: Path, history: list[dict[str, Any]]) -> None:
     ax2.set(xlabel="epoch", yscale="log", title="validation errors")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")

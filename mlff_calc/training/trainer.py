@@ -29,6 +29,7 @@ import torch
 
 from .. import _keys as K
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..errors import InputError, ModelOutputError
 from ..model.student import StudentForceField
 from ..utils import resolve_device, resolve_dtype
 from .config import TrainConfig, config_from_dict, dump_config, incompatible_settings, load_config
@@ -37,6 +38,7 @@ from .distributed import Distributed, init_distributed, parameters_in_sync, shut
 from .loss import ErrorSums, batch_loss
 from .optim import EMA, LRSchedule
 from .report import plot_learning_curve, write_json, write_metrics_csv
+from .rundir import locked_run_dir
 
 
 @dataclass
@@ -62,34 +64,36 @@ def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
     return load_config(config)
 
 
-def train(config: TrainConfig | dict | str | Path, resume: bool = False) -> TrainResult:
+def train(config: TrainConfig | dict | str | Path, resume: bool = False,
+          overwrite: bool = False) -> TrainResult:
     """Train a student on ``config.data.path`` into ``config.run.out`` (see the module docstring).
 
     ``config``: a :class:`TrainConfig`, a nested dict, or a YAML path. A ``last.pt`` in the run directory
-    is always continued; ``resume=True`` makes its absence an error. ``run.num_threads`` sets torch's
-    thread count for the call only (restored afterwards). Under ``torchrun`` every process calls this;
-    each gets the same result.
+    is always continued; ``resume=True`` makes its absence an error. A run directory holding a finished
+    ``student.pt`` but no ``last.pt`` to continue (e.g. a distill run directory) is refused unless
+    ``overwrite=True`` (which also starts afresh over an existing ``last.pt``). The run directory is locked
+    (:class:`~mlff_calc.io.DirectoryLock`): a second ``train`` into it fails at once with ``RunLockedError``.
+    ``run.num_threads`` sets torch's thread count for the call only (restored afterwards). Under
+    ``torchrun`` every process calls this; each gets the same result.
     """
     cfg = _as_config(config)
     if not cfg.data.path:
-        raise ValueError("config data.path: no dataset given (--data)")
+        raise InputError("config data.path: no dataset given (--data)")
     if not cfg.run.out:
-        raise ValueError("config run.out: no run directory given (--out)")
-    last = Path(cfg.run.out) / "last.pt"
-    if resume and not last.exists():
-        raise FileNotFoundError(f"--resume: {last} does not exist, nothing to resume")
-    device, dtype = resolve_device(cfg.run.device), resolve_dtype(cfg.run.dtype)
-    threads = torch.get_num_threads()
-    d = init_distributed(device.type == "cuda")
-    try:
-        if d.active and device.type == "cuda":
-            device = torch.device("cuda", d.local_rank)
-        if cfg.run.num_threads:
-            torch.set_num_threads(cfg.run.num_threads)
-        return _Trainer(cfg, d, device, dtype).run()
-    finally:
-        torch.set_num_threads(threads)
-        shutdown(d)
+        raise InputError("config run.out: no run directory given (--out)")
+    with locked_run_dir(Path(cfg.run.out), resume, overwrite):
+        device, dtype = resolve_device(cfg.run.device), resolve_dtype(cfg.run.dtype)
+        threads = torch.get_num_threads()
+        d = init_distributed(device.type == "cuda")
+        try:
+            if d.active and device.type == "cuda":
+                device = torch.device("cuda", d.local_rank)
+            if cfg.run.num_threads:
+                torch.set_num_threads(cfg.run.num_threads)
+            return _Trainer(cfg, d, device, dtype).run()
+        finally:
+            torch.set_num_threads(threads)
+            shutdown(d)
 
 
 class _Trainer:
@@ -179,7 +183,7 @@ class _Trainer:
         if old != new:
             diffs.append(f"dataset: {old} -> {new}")
         if diffs:
-            raise ValueError(f"cannot resume {path}: it was trained with other settings ("
+            raise InputError(f"cannot resume {path}: it was trained with other settings ("
                              + "; ".join(diffs) + "); use another --out, or the original settings "
                              "to continue")
         return state
@@ -261,7 +265,7 @@ class _Trainer:
             pred = self.net(batch[K.GRAPH], compute_forces=self.use_forces, compute_stress=self.use_stress)
             loss = batch_loss(pred, batch, cfg.loss, self.use_forces, self.use_stress)
             if not torch.isfinite(loss):
-                raise RuntimeError(f"epoch {epoch}, step {p['step']}: the loss is {loss.item()}; "
+                raise ModelOutputError(f"epoch {epoch}, step {p['step']}: the loss is {loss.item()}; "
                                    f"training diverged (try a lower optim.lr than {cfg.optim.lr})")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -310,11 +314,12 @@ class _Trainer:
                 p["bad_epochs"] += 1
             p["history"].append({
                 "epoch": epoch, "train_loss": train_metrics["loss"], "val_loss": val["loss"],
-                "train_energy_mae_per_atom": train_metrics["energy_mae_per_atom"],
-                "val_energy_mae_per_atom": val["energy_mae_per_atom"],
-                "train_force_mae": train_metrics["force_mae"], "val_force_mae": val["force_mae"],
-                "val_force_rmse": val["force_rmse"], "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_time_s": time.monotonic() - t0, "train_time_s": p["train_time"],
+                **{f"train_{k}": train_metrics[k]
+                   for k in ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")},
+                **{f"val_{k}": val[k] for k in ("energy_mae_ev_per_atom", "force_mae_ev_per_ang",
+                                                 "force_rmse_ev_per_ang")},
+                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.monotonic() - t0,
+                "train_time_s": p["train_time"],
             })
             if d.main:
                 self._save_state()  # after student.pt: a kill in between just repeats this epoch
@@ -322,8 +327,8 @@ class _Trainer:
             if not self.quiet:
                 row = p["history"][-1]
                 print(f"epoch {epoch:4d}  loss {row['train_loss']:.4g} / val {row['val_loss']:.4g}  "
-                      f"E {1e3 * row['val_energy_mae_per_atom']:.2f} meV/atom  "
-                      f"F {1e3 * row['val_force_mae']:.1f} meV/Å  lr {row['lr']:.2e}  "
+                      f"E {1e3 * row['val_energy_mae_ev_per_atom']:.2f} meV/atom  "
+                      f"F {1e3 * row['val_force_mae_ev_per_ang']:.1f} meV/Å  lr {row['lr']:.2e}  "
                       f"{row['epoch_time_s']:.1f} s" + ("  *" if improved else ""),
                       flush=True)
             stop = "max_time" if out_of_time else self._stop_reason(p["train_time"])
@@ -335,7 +340,7 @@ class _Trainer:
         checkpoint = self.run_dir / "student.pt"
         d.barrier()
         if p["best_epoch"] == 0 or not checkpoint.exists():
-            raise RuntimeError(f"training stopped ({stop}) before the first epoch finished; no student was "
+            raise InputError(f"training stopped ({stop}) before the first epoch finished; no student was "
                                "written (raise --max-time)")
         if not parameters_in_sync(self.model, d):
             raise RuntimeError("DDP processes ended with different weights: gradients were not synchronised")
@@ -357,9 +362,9 @@ class _Trainer:
                       f"{p['best_epoch']}")
                 if test is not None:
                     print(f"test ({len(self.data.test)} frames): "
-                          f"energy MAE {1e3 * test['energy_mae_per_atom']:.2f} meV/atom, "
-                          f"force MAE {1e3 * test['force_mae']:.1f} meV/Å, "
-                          f"RMSE {1e3 * test['force_rmse']:.1f} meV/Å, "
-                          f"cosine {test['force_cosine']:.4f}")
+                          f"energy MAE {1e3 * test['energy_mae_ev_per_atom']:.2f} meV/atom, "
+                          f"force MAE {1e3 * test['force_mae_ev_per_ang']:.1f} meV/Å, "
+                          f"RMSE {1e3 * test['force_rmse_ev_per_ang']:.1f} meV/Å, "
+                          f"cosine {test['force_cosine_mean']:.4f}")
         return TrainResult(self.run_dir, checkpoint, p["epoch"], p["best_epoch"], stop, p["train_time"],
                            p["best_val"], test, p["history"])

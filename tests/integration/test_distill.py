@@ -16,6 +16,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -134,9 +135,13 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
     s = result.summary
     assert s["frames"] == {"train": 24, "heldout": 8}
     assert 0 < s["force_mae_ev_per_ang"] < 1 and s["energy_mae_ev_per_atom"] is not None
-    assert s["speed_ratio"] > 0 and s["student_ms_per_step"] > 0 and s["teacher_ms_per_step"] > 0
+    assert s["speed_ratio"] > 0 and s["student_ms_per_call"] > 0 and s["teacher_ms_per_call"] > 0
     assert set(s["nve"]) == {"float32", "float64"} and all(d["stable"] for d in s["nve"].values())
     assert "MD stability check" in (run / "report/report.md").read_text()
+    # Each stage writes only its own section; report.md is assembled from them in stage order.
+    sections = [(run / rel).read_text() for rel in ("report/evaluate.md", "md/report.md")]
+    assert "MD stability check" not in sections[0] and "MD stability check" in sections[1]
+    assert (run / "report/report.md").read_text() == "\n".join(t.rstrip() + "\n" for t in sections)
     # recipe.yaml is complete (every section) and loads back as a recipe.
     used = load_recipe(path=run / "recipe.yaml", base=load_recipe("quick"))
     assert used["training"]["model"]["hidden_dim"] == 16 and used["heldout"]["frames"] == 8
@@ -157,6 +162,18 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
     again = distill("emt", [seed_file], run, quiet=True)
     assert again.ran == ["evaluate", "md"]
     assert "MD stability check" in (run / "report/report.md").read_text()
+
+    # Issue 14.2: a student.pt replaced behind distill's back (e.g. `mlff-calc train --out RUN --overwrite`)
+    # is re-evaluated: the summary never shows the old student's metrics beside the new student.
+    from mlff_calc import StudentForceField
+
+    student = StudentForceField.load(run / "student.pt")
+    with torch.no_grad():
+        student.shift.add_(0.5)  # eV/atom: every energy moves, forces stay
+    student.save(run / "student.pt")
+    replaced = distill("emt", [seed_file], run, quiet=True)
+    assert replaced.ran == ["evaluate", "md"]
+    assert replaced.summary["energy_mae_ev_per_atom"] > again.summary["energy_mae_ev_per_atom"] + 0.4
 
 
 def test_kill_during_labelling_resumes_without_redoing_or_losing_anything(tmp_path, seed_file):
@@ -271,8 +288,10 @@ def test_changed_settings_rerun_downstream_and_keep_old_labels(tmp_path, seed_fi
     ("training: {optim: {lr: -1}}", r"training\.optim\.lr: must be > 0"),
     ("heldout: {seed: 0}", r"heldout\.seed: must differ from sampling\.seed"),
     ("md: {dtypes: [float16]}", r"md\.dtypes"),
-    ("sampling: {frames: 2.5}", r"sampling\.frames: must be an integer"),
+    ("sampling: {frames: 2.5}", r"sampling\.frames: expected int"),
     ("- just a list", r"expected a mapping"),
+    ("training: {run: [{epochs: 2}]}", r"recipe training\.run: expected a mapping of settings, got list"),
+    ("md: [{steps: 10}]", r"recipe md: expected a mapping of settings, got list"),  # issue 14.9
 ])
 def test_bad_recipes_are_refused_naming_the_key(tmp_path, seed_file, capsys, text, message):
     bad = tmp_path / "bad.yaml"

@@ -21,7 +21,8 @@ from mlff_calc.data.hdf5 import write_frames
 from mlff_calc.training import load_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTPUTS = ["config.yaml", "last.pt", "learning_curve.png", "metrics.csv", "metrics.json", "student.pt"]
+OUTPUTS = [".lock", "config.yaml", "last.pt", "learning_curve.png", "metrics.csv", "metrics.json",
+           "student.pt"]
 CONFIG = {  # tiny: every epoch is a fraction of a second on one thread
     "model": {"hidden_dim": 16, "num_interactions": 2, "num_rbf": 8, "cutoff": 3.5},
     "data": {"batch_size": 4, "val_size": 4, "test_size": 4},
@@ -70,7 +71,7 @@ def test_training_learns_and_the_student_serves_md(tmp_path, cu_data):
     losses = [row["val_loss"] for row in result.history]
     assert len(losses) == 8 and min(losses[1:]) < 0.5 * losses[0]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert result.stop_reason == "epochs" and result.test_metrics["force_mae"] < 0.5
+    assert result.stop_reason == "epochs" and result.test_metrics["force_mae_ev_per_ang"] < 0.5
     assert sorted(p.name for p in run.iterdir()) == OUTPUTS
     assert len((run / "metrics.csv").read_text().splitlines()) == 9
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -81,7 +82,7 @@ def test_training_learns_and_the_student_serves_md(tmp_path, cu_data):
     meta = calc.metadata
     assert meta["elements"] == [29] and meta["teacher"]["name"] == "emt" and meta["package_version"]
     assert set(meta["reference_energies"]) == {29} and meta["data"]["n_train"] == 20
-    assert meta["validation"]["epoch"] == result.best_epoch and "force_mae" in meta["test"]
+    assert meta["validation"]["epoch"] == result.best_epoch and "force_mae_ev_per_ang" in meta["test"]
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=1)
     atoms.calc = calc
@@ -164,3 +165,52 @@ def test_ddp_two_cpu_processes_train_in_sync_and_write_one_checkpoint(tmp_path, 
     # world_size 2 and training finished: the end-of-run check found bit-identical weights on both ranks.
     assert meta["training"]["world_size"] == 2 and meta["training"]["epochs"] == 3
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_issue14_2_train_into_a_finished_run_refuses_to_replace_the_student(tmp_path, cu_data):
+    """`mlff-calc train --out RUN` into a directory with a finished student.pt and no last.pt (a distill
+    run directory) used to exit 0 and replace the student."""
+    run = tmp_path / "distill_like"
+    run.mkdir()
+    (run / "student.pt").write_bytes(b"the user's finished student")
+    with pytest.raises(FileExistsError, match=r"student\.pt already exists .*--overwrite"):
+        train(make_config(tmp_path, cu_data, run, epochs=1))
+    assert (run / "student.pt").read_bytes() == b"the user's finished student"
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "student.pt"]  # nothing else written
+    result = train(make_config(tmp_path, cu_data, run, epochs=1), overwrite=True)  # the user says so
+    assert result.epochs == 1 and (run / "student.pt").read_bytes()[:2] == b"PK"
+    with pytest.raises(ValueError, match="--resume and --overwrite"):
+        train(make_config(tmp_path, cu_data, run, epochs=1), resume=True, overwrite=True)
+
+
+def test_issue14_6_second_train_into_the_same_directory_fails_at_once(tmp_path, cu_data, capsys):
+    """Two `mlff-calc train` into the same directory at once both exited 0 and both claimed student.pt.
+    The first runs in a thread here (a 1.5 s budget), the second through the CLI while it trains."""
+    import threading
+
+    run = tmp_path / "shared"
+    config = make_config(tmp_path, cu_data, run, epochs=100000, max_time=1.5)
+    first = threading.Thread(target=train, args=(config,))
+    first.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.is_alive() and not (run / "config.yaml").exists():
+            time.sleep(0.01)
+        assert first.is_alive() and (run / "config.yaml").exists()
+        t0 = time.monotonic()
+        code = main(["train", "--data", str(cu_data), "--out", str(run), "--epochs", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and time.monotonic() - t0 < 2
+        assert "in use by another mlff-calc train" in err and len(err.strip().splitlines()) == 1
+    finally:
+        first.join()
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["run"]["max_time"] == 1.5  # the first's
+
+
+def test_issue14_9_a_yaml_section_written_as_a_list_is_refused(tmp_path, cu_data):
+    """`run: [{epochs: 2}]` was silently ignored (defaults used) once an override touched the section."""
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text("run:\n  - epochs: 2\n")
+    with pytest.raises(ValueError, match=r"config run: expected a mapping of settings, got list"):
+        load_config(cfg, {"data.path": str(cu_data), "run.out": str(tmp_path / "r")})
+    assert not (tmp_path / "r").exists()

@@ -1,6 +1,7 @@
 """Checkpoints: bit-identical round trip, and every unusable file refused without running code."""
 
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -114,3 +115,15 @@ def test_save_refuses_non_plain_metadata(tmp_path):
     with pytest.raises(TypeError, match="not a plain container"):
         model.save(tmp_path / "m.pt", metadata={"obj": object()})
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_issue14_12_nan_weights_are_refused_at_load_naming_the_tensor(tmp_path):
+    """A checkpoint with NaN weights used to load and then fail on the first structure with "please
+    report this with the structure"; the checkpoint itself is the problem."""
+    model = randomize_parameters(StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8), seed=5)
+    name = next(n for n, p in model.named_parameters() if p.ndim == 2)
+    with torch.no_grad():
+        dict(model.named_parameters())[name][0, 0] = float("nan")
+    model.save(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=rf"non-finite weights \({re.escape(name)}.*retrain"):
+        StudentCalculator.from_checkpoint(tmp_path / "nan.pt", device="cpu")

@@ -114,3 +114,16 @@ def test_time_calls_times_both_on_the_same_displaced_positions():
     moves = np.abs(np.array(fast.seen) - atoms.positions)
     assert 0 < moves.max() < 0.1  # every call displaced, slightly (0.01 Å noise)
     assert not np.array_equal(fast.seen[0], fast.seen[1])
+
+
+def test_energy_deviations_are_per_seed_and_per_atom():
+    """The parity plot's energies: each structure's E/atom minus the mean of its seed (composition), so
+    molecules eV apart do not form clusters that hide the error."""
+    from ase.build import molecule
+
+    from mlff_calc.evaluation.comparison import energy_deviations
+
+    images = [molecule("H2O"), molecule("CH4"), molecule("H2O"), molecule("CH4")]
+    energies = np.array([-14.0, -24.0, -14.3, -23.0])  # eV
+    dev = energy_deviations(images, energies)
+    np.testing.assert_allclose(dev, [0.05, -0.1, -0.05, 0.1])  # (±0.15 eV / 3 atoms, ±0.5 eV / 5 atoms)

@@ -195,17 +195,13 @@ def test_gfn2_xtb_scf_failure_is_an_exception():
 
 
 @pytest.fixture(scope="module")
-def orb_weights(tmp_path_factory):
-    pretrained = pytest.importorskip("orb_models.forcefield.pretrained")
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("orb") / "orb-v2-random.ckpt"
-    torch.save(pretrained.orb_v2_architecture(device="cpu").state_dict(), path)
-    return str(path)
+def orb_weights(orb_random_weights):
+    return orb_random_weights  # tests/conftest.py: built once per session, shared with test_physics
 
 
 @pytest.fixture(scope="module")
-def orb(orb_weights):
-    return load_teacher("orb-v2", weights=orb_weights, device="cpu")
+def orb(orb_random_teacher):
+    return orb_random_teacher
 
 
 @pytest.mark.teacher

@@ -9,7 +9,7 @@ import torch
 
 from mlff_calc import _keys as K
 from mlff_calc.data.hdf5 import write_frames
-from mlff_calc.data.torch_dataset import N_ATOMS, H5Dataset, collate, split_indices
+from mlff_calc.data.torch_dataset import N_ATOMS, H5Dataset, collate
 from mlff_calc.neighbors import batch_neighbor_list
 
 
@@ -109,18 +109,3 @@ def test_dataloader_workers_reopen_the_file(h5file):
     )
     energies = torch.cat([b[K.ENERGY] for b in loader])
     assert energies.tolist() == [frame(i)["energy"] for i in range(11)]
-
-
-def test_split_is_deterministic_disjoint_and_complete():
-    a = split_indices(101, (0.8, 0.1, 0.1), seed=3)
-    b = split_indices(101, (0.8, 0.1, 0.1), seed=3)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert [len(x) for x in a] == [81, 10, 10]
-    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(101))
-    assert not any(np.array_equal(x, y) for x, y in zip(a, split_indices(101, seed=4)))
-    assert [len(x) for x in split_indices(10, (0.5, 0.2))] == [5, 2]  # fractions may leave some unused
-    assert sum(map(len, split_indices(0))) == 0
-    with pytest.raises(ValueError):
-        split_indices(10, (0.8, 0.3))
-    with pytest.raises(ValueError):
-        split_indices(10, (1.2, -0.2))

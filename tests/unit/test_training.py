@@ -12,7 +12,7 @@ from mlff_calc.data.hdf5 import write_frames
 from mlff_calc.data.torch_dataset import N_ATOMS
 from mlff_calc.training import TrainConfig, load_config, train
 from mlff_calc.training.config import config_from_dict, dump_config, incompatible_settings
-from mlff_calc.training.data import fit_energy_statistics, load_training_data, split_sizes
+from mlff_calc.training.data import fit_energy_statistics, load_training_data, split_frames, split_sizes
 from mlff_calc.training.loss import ErrorSums, batch_loss
 from mlff_calc.training.optim import EMA, LRSchedule
 
@@ -147,7 +147,7 @@ def test_no_forces_is_an_error_unless_training_on_energies_only(tmp_path):
         train(config(path, tmp_path / "r"))
     result = train(config(path, tmp_path / "r", loss={"force_weight": 0.0}))
     test = result.test_metrics
-    assert math.isnan(test["force_mae"]) and math.isfinite(test["energy_mae_per_atom"])
+    assert math.isnan(test["force_mae_ev_per_ang"]) and math.isfinite(test["energy_mae_ev_per_atom"])
 
 
 def test_batch_larger_than_the_training_set_is_clamped_with_a_warning(tmp_path):
@@ -190,10 +190,10 @@ def test_loss_masks_unlabelled_stress_and_metrics_add_up_over_batches():
                    N_ATOMS: ref[N_ATOMS][sl]})
     a, b = whole.metrics(w), parts.metrics(w)
     assert a == pytest.approx(b) and a["loss"] == pytest.approx(loss.item(), rel=1e-6)
-    assert a["force_mae"] == pytest.approx((pred[K.FORCES] - ref[K.FORCES]).abs().mean().item())
+    assert a["force_mae_ev_per_ang"] == pytest.approx((pred[K.FORCES] - ref[K.FORCES]).abs().mean().item())
     perfect = ErrorSums()
     perfect.add(ref | {K.STRESS: torch.nan_to_num(ref[K.STRESS])}, ref)
-    assert perfect.metrics(w)["force_cosine"] == pytest.approx(1.0) and perfect.metrics(w)["loss"] == 0
+    assert perfect.metrics(w)["force_cosine_mean"] == pytest.approx(1.0) and perfect.metrics(w)["loss"] == 0
 
 
 # ---- schedule and EMA --------------------------------------------------------------------------------
@@ -230,3 +230,28 @@ def test_ema_tracks_weights_and_copies_buffers():
     other = EMA(model, torch.nn.BatchNorm1d(2), decay=0.9)
     other.load_state_dict(ema.state_dict())
     assert torch.equal(other.ema_model.weight, ema_model.weight) and other.updates == 1
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    """The one split function (``split_frames``; the trainer's split and its old results unchanged)."""
+    a = split_frames(101, 10, 10, seed=3)
+    b = split_frames(101, 10, 10, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert [len(x) for x in a] == [81, 10, 10]
+    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(101))
+    assert not any(np.array_equal(x, y) for x, y in zip(a, split_frames(101, 10, 10, seed=4)))
+    assert [len(x) for x in split_frames(10, 0.2, 0)] == [8, 2, 0]  # fractions, and no test split
+    # The split the trainer made before split_frames existed (seed 0, 12 frames, 2 + 2): unchanged.
+    order = np.random.default_rng(0).permutation(12)
+    assert [x.tolist() for x in split_frames(12, 2, 2)] == [sorted(order[:8]), sorted(order[8:10]),
+                                                              sorted(order[10:])]
+    with pytest.raises(ValueError, match="too few"):
+        split_frames(10, 6, 4)
+
+
+def test_issue14_11_max_z_below_an_element_is_an_input_error(tmp_path):
+    """`model.max_z` below an element in the data used to end in an IndexError inside the embedding."""
+    path = make_file(tmp_path / "d.h5")
+    with pytest.raises(ValueError, match=r"config model\.max_z: 8 is below atomic number .* raise model"):
+        train(config(path, tmp_path / "r", model={"max_z": 8}))
+    assert not (tmp_path / "r").exists()
