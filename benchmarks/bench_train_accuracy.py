@@ -91,9 +91,9 @@ def evaluate(student: Path, data: Path) -> dict[str, float]:
     f = np.concatenate([r["forces"] for r in results])
     e = np.array([r["energy"] / len(a) for r, a in zip(results, images)])
     cos = np.sum(f * ref_f, axis=1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(ref_f, axis=1))
-    return {"frames": len(images), "force_mae": float(np.abs(f - ref_f).mean()),
-            "force_rmse": float(np.sqrt(((f - ref_f) ** 2).mean())), "force_cosine": float(cos.mean()),
-            "energy_mae_per_atom": float(np.abs(e - ref_e).mean()),
+    return {"frames": len(images), "force_mae_ev_per_ang": float(np.abs(f - ref_f).mean()),
+            "force_rmse_ev_per_ang": float(np.sqrt(((f - ref_f) ** 2).mean())), "force_cosine": float(cos.mean()),
+            "energy_mae_ev_per_atom": float(np.abs(e - ref_e).mean()),
             "teacher_force_std": float(ref_f.std())}
 
 
@@ -122,7 +122,7 @@ def main() -> int:
     wall = time.perf_counter() - t
     summary = json.loads((run / "metrics.json").read_text())
     m = evaluate(run / "student.pt", eval_h5)
-    ok = m["force_mae"] <= THRESHOLD
+    ok = m["force_mae_ev_per_ang"] <= THRESHOLD
 
     import torch
 
@@ -142,8 +142,8 @@ best epoch {summary['best_epoch']}); whole command {wall:.0f} s
 
 | independent frames | force MAE (eV/Å) | force RMSE (eV/Å) | force cosine | energy MAE (meV/atom) |
 |---|---|---|---|---|
-| {m['frames']} | **{m['force_mae']:.4f}** | {m['force_rmse']:.4f} | {m['force_cosine']:.4f} | \
-{1e3 * m['energy_mae_per_atom']:.2f} |
+| {m['frames']} | **{m['force_mae_ev_per_ang']:.4f}** | {m['force_rmse_ev_per_ang']:.4f} | {m['force_cosine']:.4f} | \
+{1e3 * m['energy_mae_ev_per_atom']:.2f} |
 
 Target: force MAE <= {THRESHOLD} eV/Å -> **{'PASS' if ok else 'FAIL'}** (teacher force component std \
 {m['teacher_force_std']:.2f} eV/Å).

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="require RUN_DIR/last.pt and continue it (a RUN_DIR with last.pt is always "
                              "continued)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a RUN_DIR that holds a finished student.pt (or a last.pt); "
+                             "without it such a student is never replaced")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.quiet:
         overrides["run.quiet"] = True
-    result = train(load_config(args.config, overrides), resume=args.resume)
+    result = train(load_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
     if args.quiet and int(os.environ.get("RANK", "0")) == 0:  # otherwise train() printed the errors already
         errors = result.test_metrics or result.val_metrics
         split = "test" if result.test_metrics else "validation"

@@ -183,6 +183,23 @@ def test_issue14_2_train_into_a_finished_run_refuses_to_replace_the_student(tmp_
         train(make_config(tmp_path, cu_data, run, epochs=1), resume=True, overwrite=True)
 
 
+def test_issue14_2_through_the_cli_overwrite_is_the_users_word(tmp_path, cu_data, capsys):
+    """The same through `mlff-calc train`: one line naming --overwrite, then --overwrite starts afresh."""
+    from mlff_calc.cli import main
+
+    run = tmp_path / "distill_like"
+    run.mkdir()
+    (run / "student.pt").write_bytes(b"the user's finished student")
+    argv = ["train", "--data", str(cu_data), "--out", str(run), "--config", str(config_file(tmp_path, epochs=1)),
+            "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "student.pt" in err[0]
+    assert (run / "student.pt").read_bytes() == b"the user's finished student"
+    assert main(argv + ["--overwrite"]) == 0
+    assert (run / "student.pt").read_bytes()[:2] == b"PK"
+
+
 def test_issue14_6_second_train_into_the_same_directory_fails_at_once(tmp_path, cu_data, capsys):
     """Two `mlff-calc train` into the same directory at once both exited 0 and both claimed student.pt.
     The first runs in a thread here (a 1.5 s budget), the second through the CLI while it trains."""
