@@ -159,7 +159,11 @@ class StudentCalculator(Calculator):
         return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
+        # ASE's get_property has just stored a copy of ``atoms`` in self.atoms; the base class would copy
+        # it again and stat its directory (a third of the Python overhead on a 9-atom molecule). Copy
+        # only when called directly with atoms that differ from self.atoms.
+        if atoms is not None and (self.atoms is None or self.check_state(atoms)):
+            self.atoms = atoms.copy()
         atoms = self.atoms
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():
