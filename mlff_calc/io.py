@@ -146,36 +146,46 @@ def check_output(
 
 
 class DirectoryLock:
-    """An exclusive, non-blocking ``flock`` on ``directory/.lock``: one writer per run directory.
+    """An exclusive, non-blocking ``flock`` on ``directory/name``: one writer per run directory.
 
     ``with DirectoryLock(run_dir, "mlff-calc train"): ...``; a second process gets
     :class:`RunLockedError` at once. The kernel releases the lock when the process ends, however it
-    ends, so a killed run never leaves a stale lock behind.
+    ends, so a killed run never leaves a stale lock behind. An owner may delete the lock file before
+    releasing it (a dataset journal leaves no directory behind), so acquiring checks that the file it
+    locked is still the one on disk.
     """
 
-    def __init__(self, directory: str | Path, holder: str = "another mlff-calc process"):
+    def __init__(self, directory: str | Path, holder: str = "another mlff-calc process", name: str = ".lock"):
         self.directory = Path(directory)
         self.holder = holder
+        self.path = self.directory / name
         self._fd: int | None = None
 
     def acquire(self) -> "DirectoryLock":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.directory} is in use by {self.holder} (it holds {self.path}); "
+                    "wait for it to finish or use another directory"
+                ) from None
+            try:  # the file we locked is still the lock file on disk (not one a releasing owner deleted)
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self._fd = fd
+                    return self
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise RunLockedError(
-                f"{self.directory} is in use by {self.holder} (it holds {self.directory / '.lock'}); "
-                "wait for it to finish or use another directory"
-            ) from None
-        self._fd = fd
-        return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        if self._fd is None:
+            return
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
 
     def __enter__(self) -> "DirectoryLock":
         return self.acquire()

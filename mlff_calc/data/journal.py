@@ -38,17 +38,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import DataError, RunLockedError
-from ..io import atomic_write, commit, temporary_path
+from ..errors import DataError
+from ..io import DirectoryLock, atomic_write, commit, temporary_path
 from .reader import DatasetReader, read_header
 from .schema import (CHUNK, FORMAT, FORMAT_VERSION, SCHEMA, UNITS, frames_to_arrays, journal_batches,
                      journal_dir)
-
-try:  # POSIX advisory locks; elsewhere the writer runs without the two-writer guard.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
-
 
 def _temporary(path: Path) -> Path:
     """A unique temporary name next to ``path``, with the permissions a newly created file gets."""
@@ -112,7 +106,7 @@ class DatasetWriter:
         self.path = Path(path)
         self.journal = journal_dir(self.path)
         self._closed = False
-        self._lock_fd = self._lock()
+        self._lock = DirectoryLock(self.journal, f"another process writing {self.path}", name="lock").acquire()
         try:
             for stale in _stale_temporaries(self.path):
                 stale.unlink()  # half-written leftovers of a killed writer; never part of the data
@@ -132,38 +126,17 @@ class DatasetWriter:
             raise
 
     # -- locking ----------------------------------------------------------------------------------
-    def _lock(self) -> int | None:
-        if fcntl is None:  # pragma: no cover
-            return None
-        lock = self.journal / "lock"
-        while True:
-            self.journal.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise RunLockedError(
-                    f"{self.path} is being written by another process (lock {lock}); wait for it to finish"
-                ) from None
-            try:  # a closing writer removes its lock file: make sure ours is still the one on disk
-                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                    return fd
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-
     def _unlock(self, tidy: bool = False) -> None:
-        if getattr(self, "_lock_fd", None) is None:
+        lock = getattr(self, "_lock", None)
+        if lock is None:
             return
         if tidy and not journal_batches(self.journal):  # nothing pending: leave no journal behind
+            lock.path.unlink(missing_ok=True)  # while still locked; the next writer re-checks the inode
             try:
-                (self.journal / "lock").unlink()
                 self.journal.rmdir()
             except OSError:
                 pass
-        os.close(self._lock_fd)  # closing releases the flock
-        self._lock_fd = None
+        lock.release()
 
     # -- state ------------------------------------------------------------------------------------
     def done(self) -> tuple[set[int], dict[int, str]]:
