@@ -18,6 +18,7 @@ from .converter import AtomsConverter
 from .errors import CheckpointError, InputError, ModelOutputError
 from .graph import build_graph
 from .model.student import StudentForceField
+from .uncertainty import UNCERTAINTY_KEYS, calibration_of
 from .utils import resolve_device, resolve_dtype
 
 _VOIGT = (np.array([0, 1, 2, 1, 0, 0]), np.array([0, 1, 2, 2, 2, 1]))  # xx, yy, zz, yz, xz, xy
@@ -32,9 +33,19 @@ class StudentCalculator(Calculator):
         dtype: ``"float32"`` (default) or ``"float64"``.
         skin: Verlet skin in Å; the neighbour list is rebuilt only after an atom moved more than
             ``skin / 2`` or the cell/pbc/atoms changed. Results do not depend on it, only speed does.
+        uncertainty: also return the student's own uncertainty (last-layer prediction rigidity,
+            :mod:`mlff_calc.uncertainty`); needs a calibrated checkpoint (every ``student.pt`` trained by
+            this version is; ``mlff-calc calibrate`` adds one), else :class:`~mlff_calc.errors.InputError`.
+            Off (default) costs nothing and leaves ``results`` unchanged.
 
     Properties: ``energy``, ``free_energy`` (eV), ``energies`` (eV per atom), ``forces`` (eV/Å) and
-    ``stress`` (eV/Å³, Voigt order, ASE sign; fully periodic cells only).
+    ``stress`` (eV/Å³, Voigt order, ASE sign; fully periodic cells only). With ``uncertainty=True`` also:
+
+    * ``energy_uncertainty``: float, eV: the expected RMS error of ``energy`` against the teacher;
+    * ``forces_uncertainty``: ``(N,)`` eV/Å: per atom, the expected RMS magnitude ``|F - F_teacher|`` of
+      the force error vector (calibrated on held-out frames, so it estimates the typical force error;
+      large values mean the atom's environment is unlike the training data). A structure's largest
+      value is the signal to watch in MD and to select frames for labelling.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -45,6 +56,7 @@ class StudentCalculator(Calculator):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         skin: float = 1.0,
+        uncertainty: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,6 +74,9 @@ class StudentCalculator(Calculator):
         # Only derivatives with respect to positions and strain are needed: no parameter gradients.
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.uncertainty = calibration_of(self.model) if uncertainty else None
+        if self.uncertainty is not None:
+            self.implemented_properties = [*type(self).implemented_properties, *UNCERTAINTY_KEYS]
         self.converter = AtomsConverter(
             cutoff=self.model.cutoff,
             skin=skin,
@@ -81,6 +96,8 @@ class StudentCalculator(Calculator):
     ) -> "StudentCalculator":
         """Load ``student.pt`` (weights only, never code) and wrap it."""
         model = StudentForceField.load(path)
+        if kwargs.get("uncertainty"):
+            calibration_of(model, where=f"checkpoint {path}")
         try:
             return cls(model, device=device, dtype=dtype, **kwargs)
         except InputError as exc:
@@ -129,13 +146,26 @@ class StudentCalculator(Calculator):
                 b, rest = message[len("structure "):].split(":", 1)
                 message = f"structure {first + int(b)}:{rest}"
             raise InputError(message) from None
-        energies, forces, virial = _numpy(self.model.inference(graph, want_stress))
+        features = self._features(graph)
+        energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        return [
+        results = [
             _results(energies[offsets[b]:offsets[b + 1]], forces[offsets[b]:offsets[b + 1]],
                      virial[b] if want_stress and pbcs[b].all() else None, cells[b], first + b)
             for b in range(len(images))
         ]
+        if features is not None:
+            energy_unc, forces_unc = self.uncertainty.predict(features.double().cpu().numpy(), sizes)
+            for b, res in enumerate(results):
+                res["energy_uncertainty"] = float(energy_unc[b])
+                res["forces_uncertainty"] = forces_unc[offsets[b]:offsets[b + 1]]
+        return results
+
+    def _features(self, graph) -> torch.Tensor | None:
+        """The buffer the model writes the readout features into, when uncertainty is on."""
+        if self.uncertainty is None:
+            return None
+        return torch.empty((graph.n_atoms, self.uncertainty.hidden), dtype=self.dtype, device=self.device)
 
     def check_state(self, atoms, tol=1e-15):
         """What changed since the last calculation (ASE's ``compare_atoms``, about 10x faster).
@@ -171,8 +201,13 @@ class StudentCalculator(Calculator):
                 f"stress needs a fully periodic cell; this structure has pbc={atoms.pbc.tolist()}"
             )
         graph = self.converter(atoms)
-        energies, forces, virial = _numpy(self.model.inference(graph, want_stress))
+        features = self._features(graph)
+        energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
         self.results = _results(energies, forces, virial[0] if want_stress else None, atoms.cell.array)
+        if features is not None:
+            energy_unc, forces_unc = self.uncertainty.predict(features.double().cpu().numpy(), [len(energies)])
+            self.results["energy_uncertainty"] = float(energy_unc[0])
+            self.results["forces_uncertainty"] = forces_unc
 
 
 _ARRAY_CHANGES = [name for name in all_changes if name not in ("cell", "pbc")]

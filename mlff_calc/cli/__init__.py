@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import MLFFError
 
 # Sub-commands in the order ``mlff-calc --help`` lists them (a module missing here is skipped).
-COMMANDS = ("distill", "sample", "label", "dataset", "train", "md", "compare", "export")
+COMMANDS = ("distill", "sample", "label", "dataset", "train", "calibrate", "md", "compare", "export")
 
 
 class _Parser(argparse.ArgumentParser):

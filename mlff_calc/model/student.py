@@ -140,31 +140,43 @@ class StudentForceField(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def inference(
-        self, graph: Graph, want_stress: bool = False
+        self, graph: Graph, want_stress: bool = False, features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``energies (N,)`` eV, ``forces (N, 3)`` eV/Å and ``virial (B, 3, 3)`` eV (``-∂E/∂ε``, or None).
 
         The derivatives come from one gradient, ``g_e = ∂E/∂r_e`` with respect to the edge vectors:
         forces are its scatter onto the atoms and the virial is ``-Σ_e r_e ⊗ g_e`` per structure
         (``grad_output``). In training mode the graph of that gradient is kept (forces in the loss).
+        ``features``: see :meth:`energies_and_gradients`.
         """
         self._check_graph(graph)
-        energies, forces, edge_grad = self.energies_and_gradients(graph)
+        energies, forces, edge_grad = self.energies_and_gradients(graph, features)
         virial = -strain_derivative_from_edges(graph, graph.vectors, edge_grad) if want_stress else None
         return energies, forces, virial
 
-    def energies_and_gradients(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def energies_and_gradients(
+        self, graph: Graph, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``energies (N,)``, ``forces (N, 3)`` and ``edge_grad (E, 3) = ∂E/∂r_e``: the one place that runs
         the network — the whole-model C++ kernel for CPU inference (forward and analytic gradient in one
-        call, :mod:`.fused.whole`), else eager PyTorch with autograd (training, CUDA, no compiler)."""
+        call, :mod:`.fused.whole`), else eager PyTorch with autograd (training, CUDA, no compiler).
+
+        ``features``: optional ``(N, readout hidden)`` tensor (model dtype and device, contiguous) filled with
+        the readout's last hidden features ``silu(readout[0](s))`` (:mod:`mlff_calc.uncertainty`); both
+        paths write the same numbers."""
         if self.use_fused_path(graph):
             return fused.whole.evaluate(
                 self._packed_weights(), graph.numbers, graph.vectors, graph.rowptr, graph.edge_index[1],
-                graph.reverse, graph.half, graph.n_pairs,
+                graph.reverse, graph.half, graph.n_pairs, features=features,
             )
         with torch.enable_grad():
             vectors = graph.vectors.detach().requires_grad_(True)
-            energies = self.atomic_energies(graph, vectors)
+            if features is None:
+                energies = self.atomic_energies(graph, vectors)
+            else:  # the readout split in two (the same operations as energy_head), keeping its hidden features
+                phi = self.readout[1](self.readout[0](self.representation(graph.numbers, vectors, graph.edge_index)))
+                features.copy_(phi.detach())
+                energies = self.scale * self.readout[2](phi).squeeze(-1) + self.shift + self.atom_ref[graph.numbers]
             (edge_grad,) = torch.autograd.grad(
                 [energies.sum()], [vectors], create_graph=self.training, materialize_grads=True
             )

@@ -334,6 +334,23 @@ class _Trainer:
             stop = "max_time" if out_of_time else self._stop_reason(p["train_time"])
         return self.finish(stop)
 
+    def _calibrate_uncertainty(self, model: StudentForceField, max_frames: int = 5000) -> None:
+        """Every student.pt carries its uncertainty calibration (:mod:`mlff_calc.uncertainty`): feature
+        covariances over the training split, scales over the validation split."""
+        from .. import uncertainty
+
+        model.metadata.pop(uncertainty.METADATA_KEY, None)  # a stale one (warm start) never survives
+        if not len(self.data.val) or not self.data.has_forces:
+            warnings.warn("no validation frames with forces: the student has no uncertainty calibration "
+                          "(mlff-calc calibrate can add one later)", stacklevel=2)
+            return
+        train = self.data.train
+        if len(train) > max_frames:  # the covariance converges long before; keep this step cheap
+            train = train[np.linspace(0, len(train) - 1, max_frames).astype(np.int64)]
+        frame = self.data.dataset._frame
+        uncertainty.attach(model, uncertainty.fit(model, [frame(int(i)) for i in train],
+                                                  [frame(int(i)) for i in self.data.val]))
+
     def finish(self, stop: str) -> TrainResult:
         """Evaluate the best weights on the test split; write metrics.json, the plot, final student.pt."""
         p, d = self.progress, self.d
@@ -354,6 +371,7 @@ class _Trainer:
             summary = {"epochs": p["epoch"], "best_epoch": p["best_epoch"], "stop_reason": stop,
                        "train_time_s": p["train_time"], "world_size": d.world}
             training = {**self.metadata["training"], **summary}
+            self._calibrate_uncertainty(best)
             best.save(checkpoint, metadata={"test": test, "training": training})
             write_json(self.run_dir / "metrics.json", {"test": test, "validation": p["best_val"], **summary})
             plot_learning_curve(self.run_dir / "learning_curve.png", p["history"])

@@ -97,7 +97,7 @@ def _declare_whole(lib: ctypes.CDLL) -> None:
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
         fn = getattr(lib, f"painn_whole_{suffix}")
-        fn.argtypes = [ptr, ptr, i64, i64, i64] + [ptr] * 9 + [cint, cint]
+        fn.argtypes = [ptr, ptr, i64, i64, i64] + [ptr] * 9 + [cint, cint, ptr]  # ptr: features or None
         fn.restype = cint
     lib.painn_whole_release.argtypes = []
     lib.painn_whole_release.restype = None
@@ -108,7 +108,7 @@ def _declare_whole(lib: ctypes.CDLL) -> None:
 _WHOLE = _Kernel(
     HERE / "painn_model.cpp",
     "mlff_whole_abi_version",
-    1,
+    2,
     _declare_whole,
     (
         FLAG_SETS[0] + ["-fno-math-errno", "-mprefer-vector-width=512"],

@@ -326,7 +326,7 @@ struct Buffers {
 template <typename T>
 int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* Z, const T* vec, const int64_t* rowptr,
              const int64_t* col, const int64_t* rev, const int64_t* half, T* energies, T* forces, T* edge_grad,
-             int grad, int nthreads) {
+             int grad, int nthreads, T* features) {
     const int64_t F = net.F, B = net.B, K = net.K, Fh = net.Fh, F3 = 3 * F, FB3 = 3 * F * B, K1 = K + 1;
     for (int64_t i = 0; i < N; ++i)
         if (Z[i] < 0 || Z[i] > net.max_z) return 1;
@@ -545,6 +545,12 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
 #pragma omp simd reduction(+ : out)
             for (int64_t c = 0; c < Fh; ++c) out += h[c] * sigmoid(h[c]) * net.r2[c];
             energies[i] = net.scale * (out + net.r2b) + net.shift + net.atom_ref[Z[i]];
+            // [uncertainty] optional output: the readout's last hidden features silu(h) (N, Fh), what
+            // mlff_calc.uncertainty reads; nullptr when off (no cost then).
+            if (features) {
+                T* phi = features + i * Fh;
+                for (int64_t c = 0; c < Fh; ++c) phi[c] = h[c] * sigmoid(h[c]);
+            }
         }
 
         if (grad) {
@@ -725,7 +731,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
 }  // namespace
 
 extern "C" {
-int mlff_whole_abi_version() { return 1; }
+int mlff_whole_abi_version() { return 2; }  // 2: trailing features pointer
 
 // Frees the calling thread's workspace (kept between calls; see Arena).
 void painn_whole_release() {
@@ -734,20 +740,21 @@ void painn_whole_release() {
 }
 
 // Returns 0 on success, 1 for an atomic number outside 0..max_z, 2 when E != 2 H.
+// features: (N, Fh) readout hidden features out, or nullptr ([uncertainty]).
 int painn_whole_f32(const int64_t* dims, const void* const* weights, int64_t N, int64_t E, int64_t H,
                     const int64_t* numbers, const float* vectors, const int64_t* rowptr, const int64_t* col,
                     const int64_t* rev, const int64_t* half, float* energies, float* forces, float* edge_grad,
-                    int compute_gradient, int nthreads) {
+                    int compute_gradient, int nthreads, float* features) {
     const Net<float> net = unpack<float>(dims, weights);
     return evaluate<float>(net, N, E, H, numbers, vectors, rowptr, col, rev, half, energies, forces, edge_grad,
-                           compute_gradient, nthreads);
+                           compute_gradient, nthreads, features);
 }
 int painn_whole_f64(const int64_t* dims, const void* const* weights, int64_t N, int64_t E, int64_t H,
                     const int64_t* numbers, const double* vectors, const int64_t* rowptr, const int64_t* col,
                     const int64_t* rev, const int64_t* half, double* energies, double* forces, double* edge_grad,
-                    int compute_gradient, int nthreads) {
+                    int compute_gradient, int nthreads, double* features) {
     const Net<double> net = unpack<double>(dims, weights);
     return evaluate<double>(net, N, E, H, numbers, vectors, rowptr, col, rev, half, energies, forces, edge_grad,
-                            compute_gradient, nthreads);
+                            compute_gradient, nthreads, features);
 }
 }

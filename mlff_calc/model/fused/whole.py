@@ -130,6 +130,7 @@ def evaluate(
     n_pairs: int,
     compute_gradient: bool = True,
     threads: int | None = None,
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(energies (N,) eV, forces (N, 3) eV/Å, edge_grad (E, 3) eV/Å)``; see the module docstring.
 
@@ -138,6 +139,8 @@ def evaluate(
     per 32 atoms (a molecule of 9 atoms gains nothing from a second thread: ~70 barriers per call).
     Results are bit-identical for any number of threads.
     Inputs that are not contiguous are copied (contiguous ones are used in place).
+    ``features``: an optional contiguous ``(N, Fh)`` tensor of the packed dtype that receives the readout's
+    last hidden features ``silu(readout[0](s))`` (what :mod:`mlff_calc.uncertainty` reads).
     """
     lib = load_whole_library()
     if lib is None:
@@ -151,6 +154,9 @@ def evaluate(
     vectors, numbers, rowptr, col, reverse, half = (
         t if t.is_contiguous() else t.contiguous() for t in (vectors, numbers, rowptr, col, reverse, half)
     )
+    if features is not None and (features.dtype != dtype or not features.is_contiguous()
+                                 or features.dim() != 2 or features.shape[0] != n):
+        raise InputError(f"features must be a contiguous ({n}, Fh) {dtype} tensor")
     energies = torch.empty(n, dtype=dtype)
     forces = torch.empty((n, 3), dtype=dtype) if compute_gradient else None
     edge_grad = torch.empty((e, 3), dtype=dtype) if compute_gradient else None
@@ -160,6 +166,7 @@ def evaluate(
         half.data_ptr(), energies.data_ptr(),
         forces.data_ptr() if compute_gradient else None, edge_grad.data_ptr() if compute_gradient else None,
         int(compute_gradient), int(threads or min(torch.get_num_threads(), max(1, n // 32))),
+        None if features is None else features.data_ptr(),
     )  # fmt: skip
     if status == 1:
         raise InputError(f"atomic numbers must lie in 0..{packed.max_z}, got {numbers.min()}..{numbers.max()}")

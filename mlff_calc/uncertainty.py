@@ -1,0 +1,221 @@
+"""How far the student is from what it was trained on: last-layer prediction rigidity (LLPR).
+
+Method (Bigi et al., "A prediction rigidity formalism for low-cost uncertainties in trained neural
+networks", 2024), applied to the student's readout. ``phi_i = silu(readout[0](s_i))`` ``(Fh,)`` are the
+readout's last hidden features of atom ``i``; the energy is linear in them. From the fit frames (the
+training split) we keep two precision matrices ``(Fh, Fh)``:
+
+* atoms:      ``P_a = (Φᵀ Φ / n_atoms + λ_a I)⁻¹`` over every atom's ``phi_i``;
+* structures: ``P_s = (Σᵀ Σ / n_structures + λ_s I)⁻¹`` over each structure's summed ``f = Σ_i phi_i``;
+
+with ``λ = regularization · trace / Fh``. An atom whose features lie where training had few gets a large
+``d_i² = phi_iᵀ P_a phi_i``. Calibration on held-out frames (the validation split) sets the scales:
+
+* ``forces_uncertainty_i = force_scale · d_i`` (eV/Å): ``force_scale² = mean |ΔF_i|² / mean d_i²``, so it
+  estimates the RMS magnitude of the force error vector of atom ``i``;
+* ``energy_uncertainty = energy_scale · sqrt(fᵀ P_s f)`` (eV): the RMS energy error of the structure.
+
+Nothing in training changes; at inference it costs one ``(N, Fh) x (Fh, Fh)`` product (the CPU kernel
+writes ``phi`` in the same call, :meth:`StudentForceField.energies_and_gradients`). The calibration lives
+in the checkpoint's ``metadata["uncertainty"]`` as plain lists (weights-only loading still holds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, InputError
+
+METADATA_KEY = "uncertainty"
+METHOD = "llpr"
+VERSION = 1
+UNCERTAINTY_KEYS = ("energy_uncertainty", "forces_uncertainty")  # eV per structure; (N,) eV/Å per atom
+HOW_TO_CALIBRATE = ("retrain with this mlff_calc (every new student.pt is calibrated), or add a calibration to "
+                    "this checkpoint: mlff-calc calibrate --model student.pt --data data.h5 --out calibrated.pt")
+
+
+@dataclass
+class Calibration:
+    """The fitted LLPR state of one student (see the module docstring). Arrays float64."""
+
+    atom_precision: np.ndarray  # (Fh, Fh) | 1 / (feature units)²
+    structure_precision: np.ndarray  # (Fh, Fh)
+    force_scale: float  # eV/Å per unit of d_i
+    energy_scale: float  # eV per unit of sqrt(fᵀ P_s f)
+    info: dict[str, Any]  # frames used, calibration errors (plain values)
+
+    @property
+    def hidden(self) -> int:
+        return int(self.atom_precision.shape[0])
+
+    def predict(self, features: np.ndarray, n_atoms: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(energy_uncertainty (B,) eV, forces_uncertainty (N,) eV/Å)`` from ``features (N, Fh)`` of
+        ``B`` consecutive structures of ``n_atoms`` atoms."""
+        phi = np.asarray(features, dtype=np.float64)
+        d2 = np.einsum("if,fg,ig->i", phi, self.atom_precision, phi)
+        forces = self.force_scale * np.sqrt(np.maximum(d2, 0.0))
+        if len(n_atoms) == 1:
+            summed = phi.sum(axis=0, keepdims=True)
+        else:
+            summed = np.add.reduceat(phi, np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64), axis=0)
+        s2 = np.einsum("bf,fg,bg->b", summed, self.structure_precision, summed)
+        return self.energy_scale * np.sqrt(np.maximum(s2, 0.0)), forces
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Plain containers for ``model.metadata[METADATA_KEY]`` (checkpoints hold no numpy objects)."""
+        return {"method": METHOD, "version": VERSION, "hidden": self.hidden,
+                "atom_precision": self.atom_precision.tolist(),
+                "structure_precision": self.structure_precision.tolist(),
+                "force_scale": float(self.force_scale), "energy_scale": float(self.energy_scale),
+                "info": dict(self.info)}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], hidden: int, where: str = "the model") -> "Calibration":
+        """Read :meth:`to_metadata`'s dict back; :class:`CheckpointError` when it does not fit the model."""
+        try:
+            if meta.get("method") != METHOD or int(meta.get("version", 0)) > VERSION:
+                raise ValueError(f"method {meta.get('method')!r} version {meta.get('version')!r} is not "
+                                 f"{METHOD} <= {VERSION}")
+            cal = cls(np.asarray(meta["atom_precision"], dtype=np.float64),
+                      np.asarray(meta["structure_precision"], dtype=np.float64),
+                      float(meta["force_scale"]), float(meta["energy_scale"]), dict(meta.get("info", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: unusable uncertainty calibration ({exc}); {HOW_TO_CALIBRATE}") from None
+        for name in ("atom_precision", "structure_precision"):
+            if getattr(cal, name).shape != (hidden, hidden) or not np.isfinite(getattr(cal, name)).all():
+                raise CheckpointError(f"{where}: uncertainty calibration {name} is not a finite ({hidden}, "
+                                      f"{hidden}) matrix; {HOW_TO_CALIBRATE}")
+        return cal
+
+
+def readout_hidden(model) -> int:
+    """Fh: the width of the readout's last hidden layer."""
+    return int(model.readout[0].out_features)
+
+
+def calibration_of(model, where: str = "the model") -> Calibration:
+    """The model's calibration, or :class:`InputError` saying how to get one."""
+    meta = model.metadata.get(METADATA_KEY)
+    if meta is None:
+        raise InputError(f"{where} has no uncertainty calibration; {HOW_TO_CALIBRATE}")
+    return Calibration.from_metadata(meta, readout_hidden(model), where)
+
+
+# ---- fitting --------------------------------------------------------------------------------------------
+def _frame(item) -> dict[str, np.ndarray]:
+    """A frame dict (``DatasetReader.frame`` keys) from such a dict or from ``ase.Atoms`` with forces."""
+    if isinstance(item, dict):
+        return item
+    forces = item.arrays.get("forces")
+    energy = None
+    if item.calc is not None:
+        forces = item.calc.results.get("forces", forces)
+        energy = item.calc.results.get("energy")
+    return {"atomic_numbers": item.numbers, "positions": item.positions, "cell": item.cell.array,
+            "pbc": item.pbc, "forces": forces, "energy": item.info.get("energy", energy)}
+
+
+def evaluate_frames(model, frames: Iterable, max_atoms: int = 4096) -> dict[str, np.ndarray]:
+    """Features and predictions of ``model`` (in its dtype and device) on labelled frames.
+
+    Returns float64 arrays: ``features (N, Fh)``, ``forces (N, 3)``, ``ref_forces (N, 3)`` (NaN where
+    missing), ``energy (B,)``, ``ref_energy (B,)`` and ``n_atoms (B,)``.
+    """
+    from .graph import build_graph
+
+    frames = [_frame(f) for f in frames]
+    if not frames:
+        raise InputError("no frames to evaluate")
+    out: dict[str, list] = {k: [] for k in ("features", "forces", "ref_forces", "energy", "ref_energy", "n_atoms")}
+    was_training = model.training
+    model.eval()
+    try:
+        start = 0
+        while start < len(frames):
+            stop, n = start, 0
+            while stop < len(frames) and (stop == start or n + len(frames[stop]["atomic_numbers"]) <= max_atoms):
+                n += len(frames[stop]["atomic_numbers"])
+                stop += 1
+            chunk = frames[start:stop]
+            sizes = [len(f["atomic_numbers"]) for f in chunk]
+            graph = build_graph(np.concatenate([f["atomic_numbers"] for f in chunk]),
+                                np.concatenate([f["positions"] for f in chunk]),
+                                np.stack([np.asarray(f["cell"], dtype=np.float64) for f in chunk]),
+                                np.stack([np.asarray(f["pbc"], dtype=bool) for f in chunk]),
+                                sizes, model.cutoff, model.dtype, model.device)
+            phi = torch.empty((n, readout_hidden(model)), dtype=model.dtype, device=model.device)
+            energies, forces, _ = model.inference(graph, features=phi)
+            energies = energies.detach().double().cpu().numpy()
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            out["features"].append(phi.double().cpu().numpy())
+            out["forces"].append(forces.detach().double().cpu().numpy())
+            out["energy"].append(np.add.reduceat(energies, offsets[:-1]))
+            for f in chunk:
+                ref = f.get("forces")
+                out["ref_forces"].append(np.full((len(f["atomic_numbers"]), 3), np.nan) if ref is None
+                                         else np.asarray(ref, dtype=np.float64))
+                out["ref_energy"].append(np.nan if f.get("energy") is None else float(f["energy"]))
+            out["n_atoms"].extend(sizes)
+            start = stop
+    finally:
+        model.train(was_training)
+    return {"features": np.concatenate(out["features"]), "forces": np.concatenate(out["forces"]),
+            "ref_forces": np.concatenate(out["ref_forces"]), "energy": np.concatenate(out["energy"]),
+            "ref_energy": np.asarray(out["ref_energy"], dtype=np.float64),
+            "n_atoms": np.asarray(out["n_atoms"], dtype=np.int64)}
+
+
+def _precision(rows: np.ndarray, regularization: float) -> np.ndarray:
+    cov = rows.T @ rows / max(len(rows), 1)
+    lam = regularization * max(float(np.trace(cov)) / len(cov), 1e-30)
+    return np.linalg.inv(cov + lam * np.eye(len(cov)))
+
+
+def _summed(features: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(features, np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64), axis=0)
+
+
+def fit(model, frames: Iterable, calibration_frames: Iterable, regularization: float = 1e-4,
+        max_atoms: int = 4096) -> Calibration:
+    """Fit the LLPR calibration of ``model``: covariances over ``frames`` (the training frames), scales
+    over ``calibration_frames`` (held-out frames with reference forces and energies: the validation split).
+
+    Frames: ``ase.Atoms`` with reference forces (a calculator's results or ``arrays["forces"]``) or dicts
+    with the keys of :meth:`mlff_calc.data.reader.DatasetReader.frame`. Returns the :class:`Calibration`;
+    :func:`attach` stores it in the model.
+    """
+    fit_data = evaluate_frames(model, frames, max_atoms)
+    cal_data = evaluate_frames(model, calibration_frames, max_atoms)
+    atom_p = _precision(fit_data["features"], regularization)
+    struct_p = _precision(_summed(fit_data["features"], fit_data["n_atoms"]), regularization)
+    raw = Calibration(atom_p, struct_p, 1.0, 1.0, {})
+    raw_e, raw_f = raw.predict(cal_data["features"], cal_data["n_atoms"])
+    err_f = np.linalg.norm(cal_data["forces"] - cal_data["ref_forces"], axis=1)
+    ok_f = np.isfinite(err_f)
+    if not ok_f.any():
+        raise InputError("the calibration frames have no reference forces")
+    force_scale = float(np.sqrt(np.mean(err_f[ok_f] ** 2) / max(np.mean(raw_f[ok_f] ** 2), 1e-300)))
+    err_e = cal_data["energy"] - cal_data["ref_energy"]
+    ok_e = np.isfinite(err_e)
+    energy_scale = (float(np.sqrt(np.mean(err_e[ok_e] ** 2) / max(np.mean(raw_e[ok_e] ** 2), 1e-300)))
+                    if ok_e.any() else float("nan"))
+    if not np.isfinite(energy_scale):  # no energies: the energy uncertainty has no calibrated scale
+        energy_scale = 0.0
+    info = {"fit_frames": int(len(fit_data["n_atoms"])), "fit_atoms": int(len(fit_data["features"])),
+            "calibration_frames": int(len(cal_data["n_atoms"])), "regularization": float(regularization),
+            "calibration_force_rmse_ev_per_ang": float(np.sqrt(np.mean(err_f[ok_f] ** 2) / 3.0)),
+            "energy_calibrated": bool(ok_e.any())}
+    return Calibration(atom_p, struct_p, force_scale, energy_scale, info)
+
+
+def attach(model, calibration: Calibration) -> None:
+    """Store ``calibration`` in ``model.metadata`` (saved with the model)."""
+    if calibration.hidden != readout_hidden(model):
+        raise InputError(f"the calibration is for a readout of {calibration.hidden} features, the model has "
+                         f"{readout_hidden(model)}")
+    model.metadata[METADATA_KEY] = calibration.to_metadata()
