@@ -155,7 +155,8 @@ class StudentCalculator(Calculator):
             for b in range(len(images))
         ]
         if features is not None:
-            energy_unc, forces_unc = self.uncertainty.predict(features.double().cpu().numpy(), sizes)
+            energy_unc, forces_unc = self.uncertainty.predict(features.double().cpu().numpy(), sizes,
+                                                              graph.numbers.cpu().numpy())
             for b, res in enumerate(results):
                 res["energy_uncertainty"] = float(energy_unc[b])
                 res["forces_uncertainty"] = forces_unc[offsets[b]:offsets[b + 1]]
@@ -205,7 +206,8 @@ class StudentCalculator(Calculator):
         energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
         self.results = _results(energies, forces, virial[0] if want_stress else None, atoms.cell.array)
         if features is not None:
-            energy_unc, forces_unc = self.uncertainty.predict(features.double().cpu().numpy(), [len(energies)])
+            energy_unc, forces_unc = self.uncertainty.predict(features.cpu().numpy().astype(np.float64),
+                                                              (len(energies),), atoms.numbers)
             self.results["energy_uncertainty"] = float(energy_unc[0])
             self.results["forces_uncertainty"] = forces_unc
 

@@ -102,7 +102,7 @@ def test_fit_scales_estimate_the_force_error(trained_student):
         frames.append(atoms)
     cal = U.fit(trained_student, frames[:6], frames[6:])
     data = U.evaluate_frames(trained_student, frames[6:])
-    _, predicted = cal.predict(data["features"], data["n_atoms"])
+    _, predicted = cal.predict(data["features"], data["n_atoms"], data["numbers"])
     observed = np.linalg.norm(data["forces"] - data["ref_forces"], axis=1)
     # calibrated: the RMS of the predicted per-atom uncertainty is the RMS observed error magnitude
     assert np.sqrt(np.mean(predicted**2)) == pytest.approx(np.sqrt(np.mean(observed**2)), rel=1e-6)
