@@ -206,9 +206,9 @@ class StudentCalculator(Calculator):
         energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
         self.results = _results(energies, forces, virial[0] if want_stress else None, atoms.cell.array)
         if features is not None:
-            energy_unc, forces_unc = self.uncertainty.predict(features.cpu().numpy().astype(np.float64),
-                                                              (len(energies),), atoms.numbers)
-            self.results["energy_uncertainty"] = float(energy_unc[0])
+            energy_unc, forces_unc = self.uncertainty.predict_one(features.cpu().numpy().astype(np.float64),
+                                                                 atoms.numbers)
+            self.results["energy_uncertainty"] = energy_unc
             self.results["forces_uncertainty"] = forces_unc
 
 

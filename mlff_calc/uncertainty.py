@@ -26,6 +26,7 @@ lives in the checkpoint's ``metadata["uncertainty"]`` as plain lists (weights-on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,14 +66,19 @@ class Calibration:
         return int(self.structure_precision.shape[0])
 
     def distances(self, features: np.ndarray, numbers: np.ndarray) -> np.ndarray:
-        """``d_i² = phi_iᵀ P_Z phi_i`` ``(N,)`` for ``features (N, Fh)`` of atoms ``numbers (N,)``."""
+        """``d_i² = phi_iᵀ P_Z phi_i`` ``(N,)`` for ``features (N, Fh)`` float64 of atoms ``numbers (N,)``."""
         numbers = np.asarray(numbers, dtype=np.int64)
-        if numbers.max(initial=0) >= len(self._index) or (self._index[numbers] < 0).any():
+        try:
+            index = self._index[numbers]
+            if index.min(initial=0) < 0:
+                raise IndexError
+        except IndexError:
             unknown = sorted(set(numbers.tolist()) - set(self.elements))
-            raise InputError(f"the uncertainty calibration has no data for elements {unknown}")
+            raise InputError(f"the uncertainty calibration has no data for elements {unknown}") from None
         n, f = len(numbers), self.hidden
-        y = (features @ self._stacked).reshape(n, len(self.elements), f)[np.arange(n), self._index[numbers]]
-        return np.einsum("if,if->i", y, features)
+        # one product against every element's matrix, then each atom's own block (cheaper than a loop)
+        y = (features @ self._stacked).reshape(n, len(self.elements), f)[np.arange(n), index]
+        return (y * features).sum(axis=1)
 
     def predict(self, features: np.ndarray, n_atoms: Sequence[int],
                 numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +87,14 @@ class Calibration:
         phi = np.asarray(features, dtype=np.float64)
         forces = self.force_scale * np.sqrt(np.maximum(self.distances(phi, numbers), 0.0))
         summed = phi.sum(axis=0, keepdims=True) if len(n_atoms) == 1 else _summed(phi, np.asarray(n_atoms))
-        s2 = np.einsum("bf,bf->b", summed @ self.structure_precision, summed)
+        s2 = ((summed @ self.structure_precision) * summed).sum(axis=1)
         return self.energy_scale * np.sqrt(np.maximum(s2, 0.0)), forces
+
+    def predict_one(self, features: np.ndarray, numbers: np.ndarray) -> tuple[float, np.ndarray]:
+        """:meth:`predict` for one structure, lean (the calculator's per-call path; ~10 µs for 9 atoms)."""
+        forces = self.force_scale * np.sqrt(np.maximum(self.distances(features, numbers), 0.0))
+        summed = features.sum(axis=0)
+        return self.energy_scale * math.sqrt(max(float(summed @ self.structure_precision @ summed), 0.0)), forces
 
     def to_metadata(self) -> dict[str, Any]:
         """Plain containers for ``model.metadata[METADATA_KEY]`` (checkpoints hold no numpy objects)."""
@@ -244,3 +256,46 @@ def attach(model, calibration: Calibration) -> None:
         raise InputError(f"the calibration is for a readout of {calibration.hidden} features, the model has "
                          f"{readout_hidden(model)}")
     model.metadata[METADATA_KEY] = calibration.to_metadata()
+
+
+# ---- measuring it -------------------------------------------------------------------------------------
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences (average ranks for ties)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) != len(b) or len(a) < 3:
+        raise InputError(f"rank correlation needs two sequences of equal length >= 3, got {len(a)} and {len(b)}")
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="mergesort")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=np.float64)
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        sums = np.bincount(inverse, weights=r)
+        return sums[inverse] / counts[inverse]
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def reliability(predicted: Sequence[float], observed: Sequence[float], bins: int = 10) -> dict[str, list]:
+    """Predicted vs observed error, binned by predicted value (equal-count bins): for each bin the RMS
+    predicted uncertainty, the RMS observed error and the count. Calibrated means the two agree."""
+    p, o = np.asarray(predicted, dtype=np.float64), np.asarray(observed, dtype=np.float64)
+    order = np.argsort(p)
+    groups = [g for g in np.array_split(order, min(bins, len(p))) if len(g)]
+    return {"predicted_rms": [float(np.sqrt(np.mean(p[g] ** 2))) for g in groups],
+            "observed_rms": [float(np.sqrt(np.mean(o[g] ** 2))) for g in groups],
+            "count": [int(len(g)) for g in groups]}
+
+
+def structure_force_errors(forces: np.ndarray, ref_forces: np.ndarray, forces_uncertainty: np.ndarray,
+                           n_atoms: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per structure: ``(predicted, observed)`` RMS over atoms of the force-error magnitude (eV/Å), the
+    prediction from ``forces_uncertainty (N,)``, the observation from ``|forces - ref_forces|``."""
+    err2 = np.sum((np.asarray(forces) - np.asarray(ref_forces)) ** 2, axis=1)
+    starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    counts = np.asarray(n_atoms, dtype=np.float64)
+    predicted = np.sqrt(np.add.reduceat(np.asarray(forces_uncertainty) ** 2, starts) / counts)
+    return predicted, np.sqrt(np.add.reduceat(err2, starts) / counts)

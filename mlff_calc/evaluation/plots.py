@@ -98,3 +98,24 @@ def rdf_overlay(path: Path, r, curves: dict[str, np.ndarray], kind: str, note: s
     ax.set(xlabel="r (Å)", ylabel=ylabel, title=f"radial distribution in NVE (all atom pairs){note}")
     ax.legend()
     _save(fig, path)
+
+
+def reliability(path: Path, atoms: dict, structures: dict | None = None) -> None:
+    """Predicted vs observed force error (eV/Å), binned by prediction (``uncertainty.reliability`` dicts:
+    per atom, and optionally per structure), with y = x: a calibrated uncertainty lies on the diagonal."""
+    fig, (ax,) = _figure(width=4.6)
+    series = [("per atom |ΔF_i|", atoms, "C0")] + ([("per structure, RMS over atoms", structures, "C1")]
+                                                   if structures else [])
+    values = []
+    for label, rel, color in series:
+        ax.plot(rel["predicted_rms"], rel["observed_rms"], "o-", color=color, ms=4,
+                label=f"{label} ({sum(rel['count'])} values, {len(rel['count'])} bins)")
+        values += rel["predicted_rms"] + rel["observed_rms"]
+    positive = [v for v in values if v > 0]
+    lo, hi = (min(positive) / 1.5, max(positive) * 1.5) if positive else (1e-3, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--", label="y = x (calibrated)")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), aspect="equal",
+           xlabel="predicted force uncertainty (eV/Å, bin RMS)", ylabel="observed force error (eV/Å, bin RMS)",
+           title="uncertainty reliability")
+    ax.legend(loc="upper left", fontsize=7)
+    _save(fig, path)
