@@ -14,6 +14,7 @@ written against the older contract (``except ValueError``) keeps working.
 ``MDBlowUp``              a simulation left the physical regime (RuntimeError); only for physics,
                           never for a bug, a kernel failure or running out of memory
 ``ModelOutputError``      the student produced a non-finite energy or forces (RuntimeError)
+``UncertaintyExceeded``   MD stopped at the user's uncertainty limit (RuntimeError)
 ========================  ==================================================================
 """
 
@@ -64,3 +65,16 @@ class MDBlowUp(MLFFError, RuntimeError):
 
 class ModelOutputError(MLFFError, RuntimeError):
     """The student returned a non-finite energy or forces for a valid structure."""
+
+
+class UncertaintyExceeded(MLFFError, RuntimeError):
+    """MD stopped because the student's force uncertainty passed the limit the user set
+    (``run_md(max_uncertainty=...)``, ``mlff-calc md --max-uncertainty``): the student is extrapolating.
+
+    ``step``: the step it happened at; ``value``: the largest per-atom ``forces_uncertainty`` (eV/Å) then;
+    ``atoms``: a copy of that structure (worth labelling); ``result``: the run up to there (``md.MDResult``).
+    """
+
+    def __init__(self, message: str, step: int = -1, value: float = float("nan"), atoms=None, result=None):
+        super().__init__(message)
+        self.step, self.value, self.atoms, self.result = step, value, atoms, result

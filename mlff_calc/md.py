@@ -50,7 +50,9 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 
 from .blowup import MAX_FORCE, BlowUpWatch
 from .errors import InputError, MDBlowUp, ModelOutputError  # MDBlowUp re-exported: md.MDBlowUp is public
+from .errors import UncertaintyExceeded
 from .io import commit, temporary_path
+from .uncertainty_watch import WARN_UNCERTAINTY, UncertaintyWatch
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
@@ -84,6 +86,12 @@ class MDResult:
     ns_per_day: float
     drift_mev_per_atom_ps: float
     max_deviation_mev_per_atom: float
+    # The student's own uncertainty (a calculator with uncertainty=True; NaN / -1 / 0 otherwise): the largest
+    # per-atom forces_uncertainty seen (eV/Å), its step, and the steps above the warning threshold (eV/Å).
+    max_uncertainty: float = math.nan
+    max_uncertainty_step: int = -1
+    uncertainty_steps_above: int = 0
+    uncertainty_warn_threshold: float = math.nan
 
     @property
     def final_temperature(self) -> float:
@@ -103,6 +111,10 @@ class MDResult:
             what = "total" if self.ensemble == "nve" else "conserved"
             lines.append(f"{what} energy drift: {self.drift_mev_per_atom_ps:+.4f} meV/atom/ps, "
                          f"max deviation {self.max_deviation_mev_per_atom:.4f} meV/atom")
+        if np.isfinite(self.max_uncertainty):
+            lines.append(f"largest force uncertainty: {self.max_uncertainty:.3g} eV/Å at step "
+                         f"{self.max_uncertainty_step}; {self.uncertainty_steps_above} steps above "
+                         f"{self.uncertainty_warn_threshold:g} eV/Å")
         return "\n".join(lines)
 
 
@@ -127,6 +139,8 @@ def run_md(
     pdamp: float | None = None,
     check_interval: int = 1,
     max_force: float = MAX_FORCE,
+    warn_uncertainty: float | None = WARN_UNCERTAINTY,
+    max_uncertainty: float | None = None,
 ) -> MDResult:
     """Run MD on ``atoms`` (advanced in place, like ASE's dynamics) with ``calc`` (default: ``atoms.calc``).
 
@@ -146,9 +160,15 @@ def run_md(
             zero angular momentum for molecules); ``False`` keeps the momenta ``atoms`` has.
         tdamp, pdamp: Nose-Hoover thermostat / barostat time constants, fs (defaults 100 and 1000 x timestep).
         check_interval: steps between blow-up checks. max_force: blow-up threshold, eV/Å.
+        warn_uncertainty, max_uncertainty: per-atom force uncertainty, eV/Å, for a calculator that reports it
+            (``StudentCalculator(uncertainty=True)``): the result keeps the largest value seen; steps above
+            ``warn_uncertainty`` are counted and warned about once at the end; above ``max_uncertainty`` the
+            run stops with :class:`~mlff_calc.errors.UncertaintyExceeded` (its ``result`` is the run so far,
+            its ``atoms`` the structure; the trajectory keeps every frame before). Checked every step.
 
     Raises ``ValueError`` for bad options or a structure the ensemble cannot run (NPT of a molecule),
-    and :class:`MDBlowUp` when the run goes unphysical (see the module docstring).
+    :class:`MDBlowUp` when the run goes unphysical (see the module docstring) and
+    :class:`UncertaintyExceeded` at ``max_uncertainty``.
     """
     ensemble, thermostat = str(ensemble).lower(), str(thermostat).lower().replace("_", "-")
     _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, interval, friction,
@@ -157,6 +177,7 @@ def run_md(
         atoms.calc = calc
     if atoms.calc is None:
         raise ValueError("no calculator: pass calc= or set atoms.calc")
+    uncertainty = UncertaintyWatch(atoms.calc, warn_uncertainty, max_uncertainty)
     rng = np.random.default_rng(seed)
     if init_velocities:
         _init_velocities(atoms, temperature, rng)
@@ -205,11 +226,15 @@ def run_md(
 
     # Order matters: the check runs first, so a bad frame never reaches the trajectory or the log.
     dyn.attach(lambda: watch.check(dyn.nsteps), interval=check_interval)
+    dyn.attach(lambda: uncertainty.check(dyn.nsteps, atoms), interval=1)
     dyn.attach(record, interval=interval)
 
     def result() -> MDResult:
-        return _make_result(frames, ensemble, type(dyn).__name__, len(atoms), timestep, dyn.nsteps,
-                            time.perf_counter() - start, conserved)
+        out = _make_result(frames, ensemble, type(dyn).__name__, len(atoms), timestep, dyn.nsteps,
+                           time.perf_counter() - start, conserved)
+        for key, value in uncertainty.summary().items():
+            setattr(out, key, value)
+        return out
 
     try:
         run = dyn.irun(int(steps))
@@ -218,7 +243,7 @@ def run_md(
                 next(run)
             except StopIteration:
                 break
-            except MDBlowUp:
+            except (MDBlowUp, UncertaintyExceeded):
                 raise
             except (ValueError, ArithmeticError, ModelOutputError) as exc:
                 # The calculator refused the structure mid-run (overlapping atoms, non-finite input) or gave
@@ -227,7 +252,7 @@ def run_md(
                 reason = f"the calculator raised {type(exc).__name__}: {exc}"
                 raise watch.blow_up(dyn.nsteps + 1, reason) from exc
             bar.update(1 if dyn.nsteps else 0)
-    except MDBlowUp as exc:
+    except (MDBlowUp, UncertaintyExceeded) as exc:
         exc.result = result()
         kept = len(frames["t"])
         where = f" in {traj}" if traj is not None else ""
@@ -236,6 +261,7 @@ def run_md(
         raise
     finally:
         bar.close()
+        uncertainty.finish()
         if writer is not None:
             writer.close()
         if logger is not None:

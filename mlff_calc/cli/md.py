@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-velocities", action="store_true",
                         help="start from the momenta stored in FILE instead of Maxwell-Boltzmann ones "
                              "(refused when FILE has none)")
+    parser.add_argument("--max-uncertainty", type=finite_float, default=None, metavar="EV_PER_ANG",
+                        help="stop when the student's per-atom force uncertainty exceeds this (eV/Å), keeping "
+                             "the trajectory so far (needs a calibrated student: mlff-calc calibrate)")
+    parser.add_argument("--warn-uncertainty", type=finite_float, default=None, metavar="EV_PER_ANG",
+                        help="count the steps whose force uncertainty exceeds this and warn once at the end "
+                             f"({default('warn_uncertainty', ' eV/Å')}); a calibrated student's largest "
+                             "uncertainty is always reported")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -66,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import check_output
     from ..md import TRAJECTORY_FORMATS, run_md
+    from ..uncertainty import METADATA_KEY
 
     if len(args.structure) > 1 or args.all_frames:  # several structures: one batch, one model call per step
         from ..integrations.batched_md import run_cli
+
+        if args.max_uncertainty is not None or args.warn_uncertainty is not None:
+            raise InputError("--max-uncertainty / --warn-uncertainty work with one --structure (ASE MD), not "
+                             "with batched runs")
 
         return run_cli(args)
     args.structure = args.structure[0]
@@ -101,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_velocities and (not atoms.has("momenta") or not atoms.get_momenta().any()):
         raise InputError(f"--keep-velocities: {structure} stores no velocities (momenta); drop the flag to "
                          "draw Maxwell-Boltzmann velocities, or give a file with them (.traj, extxyz)")
-    calc = StudentCalculator.from_checkpoint(model, device=args.device, dtype=args.dtype)
+    calc = StudentCalculator.from_checkpoint(model, device=args.device, dtype=args.dtype,
+                                             uncertainty=args.max_uncertainty is not None)
+    if calc.uncertainty is None and METADATA_KEY in calc.model.metadata:  # calibrated: watch it (cheap)
+        calc = StudentCalculator(calc.model, device=args.device, dtype=args.dtype, uncertainty=True)
     options = given(args, ensemble="ensemble", temperature="temperature", timestep="timestep", steps="steps",
                     interval="interval", seed="seed", friction="friction", thermostat="thermostat",
-                    pressure="pressure")
+                    pressure="pressure", max_uncertainty="max_uncertainty", warn_uncertainty="warn_uncertainty")
     result = run_md(atoms, calc, traj=args.traj, log=args.log, progress=not args.quiet,
                     init_velocities=not args.keep_velocities, **options)
     print(result.summary())
