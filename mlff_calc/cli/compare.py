@@ -42,13 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first frame of FILE starts the NVE runs (default: the first evaluated frame)")
     parser.add_argument("--device", default=None,
                         help=f"student device: auto | cpu | cuda | cuda:N ({default('device')})")
+    parser.add_argument("--gate", default=None, metavar="GATES.yaml",
+                        help="acceptance bars (force_mae_ev_per_ang, force_cosine_mean, drift_mev_per_atom_ps, "
+                             "md_stable, speed_ratio): exit 1 naming each missed bar; outcome in "
+                             "REPORT_DIR/gates.json (default: no gates)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
 def run(args: argparse.Namespace) -> int:
     refuse_file_as_directory(args.out)
     from ..evaluation import compare
+    from ..evaluation import gates as G
 
+    gates = G.load_gates(args.gate) if args.gate else None  # a bad gates file fails before any work
     m = compare(args.student, args.teacher, teacher_options=teacher_options(args), data=args.data,
                 structures=args.structures, out=args.out, teacher_md=args.teacher_md,
                 md_structure=args.md_structure, progress=not args.quiet,
@@ -66,4 +72,15 @@ def run(args: argparse.Namespace) -> int:
                                          f"{r['max_deviation_mev_per_atom']:.3g} meV/atom" if r["ok"]
                                          else f"UNSTABLE ({r['error']})"))
         print(f"report: {args.out}/report.md")
+    if gates is not None:
+        from pathlib import Path
+
+        from ..io import write_json
+
+        outcome = G.check(gates, G.values_from_compare(m))
+        write_json(Path(args.out) / "gates.json", outcome)
+        if not args.quiet:
+            print("\n".join(G.report_lines(outcome)))
+        if not outcome["passed"]:
+            raise G.GateFailed(outcome["failures"])
     return 0

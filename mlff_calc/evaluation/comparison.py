@@ -25,7 +25,7 @@ SPEED_STRUCTURES = 3  # timed structures: first, middle and last of the evaluate
 RDF_R_MAX = 6.0  # Å, for (partly) periodic systems; molecules use all pairs
 RDF_BINS = 120
 FIGURES = {"parity": "force_parity.png", "error_histogram": "force_error_histogram.png",
-           "energy_drift": "nve_energy_drift.png", "rdf": "rdf.png"}
+           "energy_drift": "nve_energy_drift.png", "rdf": "rdf.png", "reliability": "uncertainty_reliability.png"}
 
 
 def compare(student, teacher, teacher_options=None, data=None, structures=None, out="report",
@@ -124,7 +124,7 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
 
     # --- errors -----------------------------------------------------------------------------------------
     images = [atoms for _, atoms in frames]
-    preds = _predict(calc, images, progress)
+    preds = _predict(_with_uncertainty(calc), images, progress)
     n_atoms = np.array([len(a) for a in images])
     f_ref = np.concatenate([r["forces"] for r in refs])
     f_pred = np.concatenate([p["forces"] for p in preds])
@@ -172,6 +172,9 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
                      float(np.mean(np.abs(d_pred - d_ref))))
         plots.error_histogram(out / FIGURES["error_histogram"], f_ref, f_pred)
         figures.update(parity=FIGURES["parity"], error_histogram=FIGURES["error_histogram"])
+        uncertainty = _uncertainty(preds, f_pred, f_ref, n_atoms, out / FIGURES["reliability"])
+        if uncertainty is not None:
+            figures["reliability"] = FIGURES["reliability"]
         if runs:
             plots.energy_drift(out / FIGURES["energy_drift"], runs, timestep,
                                f", student in {md_settings['student_dtype']}")
@@ -188,6 +191,7 @@ def compare(student, teacher, teacher_options=None, data=None, structures=None, 
             "nve": {"settings": md_settings, **{name: {k: v for k, v in run.items() if k not in drop}
                                                 for name, run in runs.items()}},
             "rdf": rdf_result,
+            "uncertainty": uncertainty,
             "figures": figures,
             "provenance": _provenance(calc, student_path, spec, data, structures, data_teacher, available,
                                       [i for i, _ in frames], device),
@@ -279,6 +283,35 @@ def _predict(calc, images, progress, chunk: int = 16) -> list[dict]:
             preds += calc.batch_calculate(images[start : start + chunk], props)
             bar.update(len(images[start : start + chunk]))
     return preds
+
+
+def _with_uncertainty(calc):
+    """The calculator itself, or a copy that also reports uncertainty when the student is calibrated."""
+    from ..calculator import StudentCalculator
+    from ..uncertainty import METADATA_KEY
+
+    if getattr(calc, "uncertainty", True) is not None or METADATA_KEY not in calc.model.metadata:
+        return calc
+    return StudentCalculator(calc.model, device=calc.device, dtype=calc.dtype, skin=calc.converter.skin,
+                             uncertainty=True)
+
+
+def _uncertainty(preds, f_pred, f_ref, n_atoms, figure) -> dict | None:
+    """How well the student's own uncertainty ranks its errors on these frames (None without one)."""
+    from .. import uncertainty as U
+
+    if not preds or "forces_uncertainty" not in preds[0]:
+        return None
+    per_atom = np.concatenate([p["forces_uncertainty"] for p in preds])
+    predicted, observed = U.structure_force_errors(f_pred, f_ref, per_atom, n_atoms)
+    atom_err = np.linalg.norm(np.asarray(f_pred) - np.asarray(f_ref), axis=1)
+    ok = len(predicted) >= 3
+    rel_atoms, rel_structures = U.reliability(per_atom, atom_err), U.reliability(predicted, observed)
+    plots.reliability(figure, rel_atoms, rel_structures)
+    return {"rank_correlation_structure": U.rank_correlation(predicted, observed) if ok else None,
+            "rank_correlation_atom": U.rank_correlation(per_atom, atom_err) if len(atom_err) >= 3 else None,
+            "predicted_over_observed_rms": float(np.sqrt(np.mean(predicted**2)) / np.sqrt(np.mean(observed**2))),
+            "max_forces_uncertainty_ev_per_ang": float(per_atom.max())}
 
 
 def _voigt(stress) -> np.ndarray:

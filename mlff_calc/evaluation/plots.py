@@ -117,5 +117,11 @@ def reliability(path: Path, atoms: dict, structures: dict | None = None) -> None
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), aspect="equal",
            xlabel="predicted force uncertainty (eV/Å, bin RMS)", ylabel="observed force error (eV/Å, bin RMS)",
            title="uncertainty reliability")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):  # 1-2-5 ticks in plain numbers: the range is often under a decade
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
     ax.legend(loc="upper left", fontsize=7)
     _save(fig, path)

@@ -152,8 +152,20 @@ def _rdf(m: dict) -> list[str]:
             f"![RDF]({m['figures']['rdf']})"]
 
 
+def _uncertainty(m: dict) -> list[str]:
+    u = m.get("uncertainty")
+    if not u:
+        return []
+    return ["", "## The student's uncertainty", "",
+            "Per structure, the RMS over atoms of `forces_uncertainty` against the RMS force error; Spearman "
+            f"rank correlation {_f(u['rank_correlation_structure'], '.3f')} (per atom "
+            f"{_f(u['rank_correlation_atom'], '.3f')}); predicted / observed RMS "
+            f"{_f(u['predicted_over_observed_rms'], '.2f')} (1 = calibrated).", "",
+            f"![uncertainty reliability]({m['figures']['reliability']})"]
+
+
 def write_report(path: Path, m: dict) -> None:
     """Markdown report of the metrics dict ``m`` (as returned by ``compare``); figures by relative path."""
-    lines = _header(m) + _errors(m) + _speed(m) + _nve(m) + _rdf(m)
+    lines = _header(m) + _errors(m) + _uncertainty(m) + _speed(m) + _nve(m) + _rdf(m)
     lines += ["", "All numbers, with units in their names, are in `metrics.json`.", ""]
     io.write_text(path, "\n".join(lines))

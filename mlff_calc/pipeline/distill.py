@@ -36,6 +36,7 @@ from typing import Any, Sequence
 from .. import io
 from ..errors import InputError
 from .recipe import dump_recipe, load_recipe, read_yaml
+from ..evaluation.gates import check_summary, report_lines
 from .stages import STAGES, Context, assemble_report
 from .state import RunState, digest
 
@@ -133,6 +134,7 @@ def distill(
         ran, skipped = _run_stages(ctx, state)
         assemble_report(run_dir)
         summary = make_summary(ctx, state, time.monotonic() - t_start)
+        summary["gates"] = check_summary(config.get("gates"), summary)  # None: no gates in the recipe
         io.write_json(run_dir / "summary.json", summary)
     finally:
         state.close()
@@ -290,6 +292,7 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{num(d['worst_drift_mev_per_atom_ps'], '+.3f', ' meV/atom/ps')} "
                      f"({d['worst_structure']}), "
                      f"max |ΔE| {num(d['max_deviation_mev_per_atom'], '.3f', ' meV/atom')}")
+    lines += report_lines(s.get("gates"))
     lines += [f"  student               {s['checkpoint']}",
               f"  report                {s['report']}"]
     return "\n".join(lines)

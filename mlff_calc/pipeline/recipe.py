@@ -14,6 +14,9 @@ Sections (each key documented in ``mlff_calc/recipes/standard.yaml``)::
                 teacher_md (also run teacher MD for the RDF)
     md:         the stability check: steps, timestep (fs), temperature (K, initial velocities), dtypes
                 (float32 and/or float64), structures (seed indices; null = every seed), seed
+    gates:      optional acceptance bars (mlff_calc.evaluation.gates): force_mae_ev_per_ang,
+                force_cosine_mean, drift_mev_per_atom_ps, md_stable, speed_ratio; missed -> distill exits
+                non-zero naming each bar. Absent or empty = no gates
 
 A recipe is a preset (``mlff_calc/recipes/<name>.yaml``) with a user's YAML merged over it key by key,
 so a user file need only name what it changes. Every section is a typed dataclass (:class:`Recipe`), read
@@ -35,7 +38,8 @@ from ..errors import InputError
 from ..evaluation.report import json_safe
 
 PRESETS = ("quick", "standard")
-SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md")
+SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md", "gates")
+OPTIONAL_SECTIONS = ("gates",)  # recipes written before it existed stay valid
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Recipe:
     training: Any  # training.config.TrainConfig without data.path and run.out
     evaluation: EvaluationConfig
     md: MDCheckConfig
+    gates: Any  # evaluation.gates.GatesConfig
 
     def checks(self):
         same = self.heldout.seed == self.sampling.seed
@@ -174,6 +179,7 @@ def load_recipe(preset: str | None = "standard", path: str | Path | None = None,
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Check every section and key; fill nothing in (presets are complete); return a normalised copy."""
+    from ..evaluation.gates import gates_from_dict
     from ..training.config import config_from_dict
 
     if not isinstance(raw, dict):
@@ -181,7 +187,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for name in raw:
         if name not in SECTIONS:
             raise InputError(f"recipe: unknown section {name!r}; known sections: {', '.join(SECTIONS)}")
-    missing = [s for s in SECTIONS if s not in raw]
+    missing = [s for s in SECTIONS if s not in raw and s not in OPTIONAL_SECTIONS]
     if missing:
         raise InputError(f"recipe: section {missing[0]!r} is missing")
     for key in ("data.path", "run.out"):  # the two paths distill owns
@@ -193,6 +199,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     sections = {name: schema.from_dict(kind, raw[name], label="recipe", prefix=f"{name}.", required=True)
                 for name, kind in kinds.items()}
     sections["training"] = config_from_dict(raw["training"], label="recipe", prefix="training.")
+    sections["gates"] = gates_from_dict(raw.get("gates"), label="recipe", prefix="gates.")
     recipe = schema.validate(Recipe(**sections), label="recipe")
     out = json_safe(dataclasses.asdict(recipe))  # tuples to lists: YAML's safe dumper writes lists
     for section, name in (("data", "path"), ("run", "out")):  # distill fills these in
