@@ -75,6 +75,7 @@ class StudentCalculator(Calculator):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.uncertainty = calibration_of(self.model) if uncertainty else None
+        self._feature_buffer: torch.Tensor | None = None
         if self.uncertainty is not None:
             self.implemented_properties = [*type(self).implemented_properties, *UNCERTAINTY_KEYS]
         self.converter = AtomsConverter(
@@ -166,7 +167,10 @@ class StudentCalculator(Calculator):
         """The buffer the model writes the readout features into, when uncertainty is on."""
         if self.uncertainty is None:
             return None
-        return torch.empty((graph.n_atoms, self.uncertainty.hidden), dtype=self.dtype, device=self.device)
+        shape = (graph.n_atoms, self.uncertainty.hidden)
+        if self._feature_buffer is None or self._feature_buffer.shape != shape:  # reused: the model overwrites it
+            self._feature_buffer = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return self._feature_buffer
 
     def check_state(self, atoms, tol=1e-15):
         """What changed since the last calculation (ASE's ``compare_atoms``, about 10x faster).
@@ -206,8 +210,7 @@ class StudentCalculator(Calculator):
         energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
         self.results = _results(energies, forces, virial[0] if want_stress else None, atoms.cell.array)
         if features is not None:
-            energy_unc, forces_unc = self.uncertainty.predict_one(features.cpu().numpy().astype(np.float64),
-                                                                 atoms.numbers)
+            energy_unc, forces_unc = self.uncertainty.predict_one(features.cpu().numpy(), atoms.numbers)
             self.results["energy_uncertainty"] = energy_unc
             self.results["forces_uncertainty"] = forces_unc
 
