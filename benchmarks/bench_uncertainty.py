@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=15, help="frames per (source, molecule, temperature)")
     parser.add_argument("--rounds", type=int, default=15, help="overhead rounds (on/off interleaved)")
     parser.add_argument("--calls", type=int, default=300, help="calls per round")
+    parser.add_argument("--label", default="", help="how the student was made (printed with the numbers)")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only")
     args = parser.parse_args(argv)
 
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores (1 thread used); "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {time.monotonic() - t0:.0f} s.",
         f"- Command: `python benchmarks/bench_uncertainty.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
-        f"- Student: `{args.model}` (hidden {calc.model.hidden_dim}), LLPR calibration over "
+        f"- Student: `{args.model}` (hidden {calc.model.hidden_dim}{'; ' + args.label if args.label else ''}), "
+        "LLPR calibration over "
         f"{info.get('fit_frames')} training frames, scales from {info.get('calibration_frames')} validation frames.",
         f"- Held-out: {rank['n_frames']} frames ({rank['n_atoms']} atoms), teacher- and student-driven Langevin MD "
         f"at {', '.join(map(str, TEMPERATURES))} K, labelled by GFN2-xTB; per-structure force error "

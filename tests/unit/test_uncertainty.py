@@ -153,3 +153,12 @@ def test_elements_without_calibration_data_are_refused(trained_student):
         cal.predict_one(phi, np.array([cal.elements[0], 13]))
     with pytest.raises(InputError, match=r"no data for elements \[200\]"):
         cal.predict(phi, [2], np.array([200, cal.elements[0]]))
+
+
+def test_force_power_follows_how_errors_grow():
+    rng = np.random.default_rng(0)
+    d = np.exp(rng.uniform(0.0, 2.0, 3000))
+    err = d**1.5 * np.abs(rng.normal(1.0, 0.3, d.shape))
+    assert U._force_power(d, err) == pytest.approx(1.5, abs=0.1)
+    assert U._force_power(d, d**3) == 2.0  # clipped
+    assert U._force_power(d[:50], err[:50]) == 1.0  # too few atoms to fit a slope
