@@ -163,6 +163,18 @@ ROWS = [
     ("export {d}/student.pt --out {d}/afile.txt", "already exists"),
     ("export {d}/student.pt --out {d}/afile.txt/m.pt", "not a directory"),
     ("export {d}/student.pt --out {d}/m.pt --format onnx", "invalid choice"),
+    # calibrate, md --max-uncertainty, compare --gate (issue 10)
+    ("calibrate --model {d}/student.pt --data {d}/d.h5 --out {d}/student.pt --overwrite", "is also an input"),
+    ("calibrate --model {d}/student.pt --data {d}/d.h5", "no output checkpoint"),
+    ("calibrate --model {d}/garbage.pt --data {d}/d.h5 --out {d}/c.pt", "garbage.pt"),
+    ("calibrate --model {d}/student.pt --data {d}/corrupt.h5 --out {d}/c.pt", "corrupt.h5"),
+    ("calibrate --model {d}/student.pt --data {d}/d.h5 --out {d}/afile.txt", "already exists"),
+    (f"{MD} --max-uncertainty -1", "max_uncertainty must be a finite number > 0"),
+    (f"{MD} --structure {{d}}/good.extxyz --max-uncertainty 0.1", "not with batched runs"),
+    (f"{COMPARE} --student {{d}}/student.pt --data {{d}}/d.h5 --out {{d}}/r --gate {{d}}/garbage.yaml",
+     "garbage.yaml"),
+    (f"{COMPARE} --student {{d}}/student.pt --data {{d}}/d.h5 --out {{d}}/r --gate {{d}}/missing.yaml",
+     "missing.yaml"),
 ]
 # Also run as real processes: the console entry point, exit codes and stderr as a user sees them.
 SUBPROCESS = {
