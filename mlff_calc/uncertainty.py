@@ -155,7 +155,12 @@ def calibration_of(model, where: str = "the model") -> Calibration:
     meta = model.metadata.get(METADATA_KEY)
     if meta is None:
         raise InputError(f"{where} has no uncertainty calibration; {HOW_TO_CALIBRATE}")
-    return Calibration.from_metadata(meta, readout_hidden(model), where)
+    calibration = Calibration.from_metadata(meta, readout_hidden(model), where)
+    missing = sorted(set(model.elements or ()) - set(calibration.elements))
+    if missing:
+        raise InputError(f"{where}: its uncertainty calibration has no data for elements {missing} it was trained "
+                         f"on; recalibrate on frames that contain them ({HOW_TO_CALIBRATE})")
+    return calibration
 
 
 # ---- fitting --------------------------------------------------------------------------------------------

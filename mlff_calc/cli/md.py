@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count the steps whose force uncertainty exceeds this and warn once at the end "
                              f"({default('warn_uncertainty', ' eV/Å')}); a calibrated student's largest "
                              "uncertainty is always reported")
+    parser.add_argument("--no-uncertainty", action="store_true",
+                        help="do not watch the student's uncertainty (it costs ~10%% per step on small molecules)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_cli(args)
     args.structure = args.structure[0]
+    if args.no_uncertainty and args.max_uncertainty is not None:
+        raise InputError("--no-uncertainty and --max-uncertainty contradict each other; drop one")
     model, structure = Path(args.model), Path(args.structure)
     if model.is_dir():
         raise InputError(f"model {model} is a directory; give the checkpoint file "
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                          "draw Maxwell-Boltzmann velocities, or give a file with them (.traj, extxyz)")
     calc = StudentCalculator.from_checkpoint(model, device=args.device, dtype=args.dtype,
                                              uncertainty=args.max_uncertainty is not None)
-    if calc.uncertainty is None and METADATA_KEY in calc.model.metadata:  # calibrated: watch it (cheap)
+    if calc.uncertainty is None and METADATA_KEY in calc.model.metadata and not args.no_uncertainty:
         calc = StudentCalculator(calc.model, device=args.device, dtype=args.dtype, uncertainty=True)
     options = given(args, ensemble="ensemble", temperature="temperature", timestep="timestep", steps="steps",
                     interval="interval", seed="seed", friction="friction", thermostat="thermostat",

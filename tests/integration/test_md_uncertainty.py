@@ -79,3 +79,14 @@ def test_cli_max_uncertainty(tiny_student, tiny_student_structure, tmp_path, cap
     code = main(["md", "--model", str(tiny_student), "--structure", str(structure), "--steps", "5", "--quiet",
                  "--device", "cpu"])
     assert code == 0 and "largest force uncertainty" in capsys.readouterr().out
+
+
+def test_cli_no_uncertainty(tiny_student, tiny_student_structure, tmp_path, capsys):
+    structure = tmp_path / "cu.xyz"
+    write(structure, tiny_student_structure)
+    base = ["md", "--model", str(tiny_student), "--structure", str(structure), "--steps", "3", "--quiet",
+            "--device", "cpu"]
+    assert main([*base, "--no-uncertainty"]) == 0
+    assert "uncertainty" not in capsys.readouterr().out
+    assert main([*base, "--no-uncertainty", "--max-uncertainty", "1"]) == 1
+    assert "contradict" in capsys.readouterr().err

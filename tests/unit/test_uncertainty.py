@@ -162,3 +162,11 @@ def test_force_power_follows_how_errors_grow():
     assert U._force_power(d, err) == pytest.approx(1.5, abs=0.1)
     assert U._force_power(d, d**3) == 2.0  # clipped
     assert U._force_power(d[:50], err[:50]) == 1.0  # too few atoms to fit a slope
+
+
+def test_calibration_must_cover_the_trained_elements(trained_student):
+    model = StudentForceField(**trained_student.config)
+    model.load_state_dict(trained_student.state_dict())
+    model.metadata = dict(trained_student.metadata, elements=[*trained_student.elements, 13])
+    with pytest.raises(InputError, match=r"no data for elements \[13\] it was trained on"):
+        StudentCalculator(model, device="cpu", uncertainty=True)
