@@ -189,10 +189,6 @@ def run_worker(opts: dict) -> None:
         times.append(step())
         emit(event="step", seconds=times[-1])
 
-    profile = None
-    if opts.get("profile"):
-        profile = _profile_student(step, opts["profile_steps"])
-
     builds = getattr(getattr(calc, "converter", None), "n_builds", None)  # diagnostics, student only
     probe_after = None if cuda else probe_gflops()
     emit(
@@ -203,34 +199,12 @@ def run_worker(opts: dict) -> None:
         min_ms=1e3 * float(np.min(times)),
         first_call_ms=1e3 * first,
         neighbor_list_builds=builds,
-        steps_total=len(times) + (0 if keep_first else 2)
-        + (opts["profile_steps"] if profile else 0),
+        steps_total=len(times) + (0 if keep_first else 2),
         base_rss_mib=base_rss,
         peak_rss_mib=peak_rss_mib(),
         cuda_peak_mib=(torch.cuda.max_memory_allocated() / 2**20) if cuda else None,
-        profile=profile,
         probe_gflops=[probe_before, probe_after],
     )
-
-
-def _profile_student(step, n_steps: int) -> dict:
-    """Top ops by self time over ``n_steps`` MD-like steps (torch.profiler, CPU activities)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    wall = 0.0
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(n_steps):
-            wall += step()
-    events = prof.key_averages()
-    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
-    total_self_us = sum(e.self_cpu_time_total for e in events)
-    return {
-        "steps": n_steps,
-        "wall_ms_per_step": 1e3 * wall / n_steps,
-        "op_self_ms_per_step": total_self_us / 1e3 / n_steps,
-        "top": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / n_steps,
-                 "calls_per_step": e.count / n_steps} for e in rows[:15]],
-    }
 
 
 # ==== report: markdown section of RESULTS.md ==========================================================
@@ -343,22 +317,8 @@ def results_markdown(results, models, info, command, date, elapsed_s, base, args
     if notes:
         lines += ["", "Student mean ms/step and skin-list builds (first call included): "
                   + "; ".join(notes) + "."]
-    prof = next((r["student"].get("profile") for r in results if r.get("student", {}).get("profile")), None)
-    if prof:
-        system = next(r["system"] for r in results if r.get("student", {}).get("profile"))
-        lines += [
-            "",
-            f"Student profile on {system} (torch.profiler, {prof['steps']} steps, "
-            f"{prof['wall_ms_per_step']:.1f} ms/step under the profiler, of which "
-            f"{prof['op_self_ms_per_step']:.1f} ms in torch ops; the rest is Python, ASE and the converter):",
-            "",
-            "| op | self ms/step | % of step | calls/step |",
-            "|---|---:|---:|---:|",
-        ]
-        for op in prof["top"][:10]:
-            lines.append(f"| `{op['op']}` | {op['self_ms_per_step']:.2f} | "
-                         f"{100 * op['self_ms_per_step'] / prof['wall_ms_per_step']:.0f} | "
-                         f"{op['calls_per_step']:g} |")
+    lines += ["", "Where the student's time goes (kernel, graph, Python): `profile_student.py`, its own section "
+              "below (the network is one C++ call, invisible to torch.profiler)."]
     return "\n".join(lines) + "\n"
 
 
@@ -406,8 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-idle", type=float, default=0.0,
                         help="before each (system, model), wait up to this many seconds for other processes "
                              "to leave the CPU idle (shared machines)")
-    parser.add_argument("--profile-system", default="water_81",
-                        help="also profile the student on this system with torch.profiler ('none' to skip)")
     parser.add_argument("--orb-sweep", action="store_true",
                         help="time Orb-v2 for each precision x compile setting on --systems "
                              "(default water_81)")
@@ -451,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "orb_precision": args.orb_precision, "orb_compile": args.orb_compile,
         "orb_weights": str(Path(tmpdir.name) / "orb_v2_random.pt"),
         "time_budget_s": args.time_budget, "min_steps": args.min_steps, "max_steps": args.max_steps,
-        "long_call_s": args.long_call, "min_steps_long": args.min_steps_long, "profile_steps": 10,
+        "long_call_s": args.long_call, "min_steps_long": args.min_steps_long,
     }
     command = "python benchmarks/bench_speed.py" + "".join(
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
@@ -486,8 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         atoms = build(name)
         row = {"system": name, "atoms": len(atoms), "pbc": "".join("T" if p else "F" for p in atoms.pbc)}
         for model in models:
-            opts = dict(base, system=name, model=model,
-                        profile=(model == "student" and name == args.profile_system))
+            opts = dict(base, system=name, model=model)
             print(f"[{name}: {len(atoms)} atoms] {model} ...", end=" ", flush=True)
             rec = run_one(__file__, opts, args.timeout, max_mem, args.wait_idle,
                           src=args.baseline_src if model == "student-baseline" else None)

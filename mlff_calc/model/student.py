@@ -123,16 +123,21 @@ class StudentForceField(nn.Module):
 
     def _packed_weights(self) -> "fused.whole.PackedModel":
         """The kernel's copy of the weights, re-packed whenever a parameter or buffer changed: in place
-        (an optimiser step, ``load_state_dict``: the tensor's version counter moves) or by ``.to()``.
+        (an optimiser step, ``load_state_dict``: the tensor's version counter moves), replaced
+        (``load_state_dict(assign=True)``, assigning a new ``Parameter``: a new object and storage) or by
+        ``.to()``. The tensors are looked up in their modules on every call (a dict lookup each), so a
+        replaced one is never missed.
 
         Kept outside the module (``_KERNEL_PACKS``), so deepcopy, pickling and DDP never see it."""
-        tensors, key, packed = _KERNEL_PACKS.get(self, (None, None, None))
-        if tensors is None:
-            tensors = [*self.parameters(), *self.buffers()]
-        now = tuple((t.data_ptr(), t._version) for t in tensors)
+        slots, key, packed = _KERNEL_PACKS.get(self, (None, None, None))
+        if slots is None:
+            slots = [(m._parameters, n) for m in self.modules() for n in m._parameters] + [
+                (m._buffers, n) for m in self.modules() for n in m._buffers
+            ]
+        now = tuple(t if t is None else (t.data_ptr(), t._version) for t in [d[n] for d, n in slots])
         if now != key:
             packed = fused.whole.pack(self)
-        _KERNEL_PACKS[self] = (tensors, now, packed)
+        _KERNEL_PACKS[self] = (slots, now, packed)
         return packed
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .double(), .cpu(): new tensors, a new pack

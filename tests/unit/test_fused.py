@@ -89,6 +89,18 @@ def test_kernel_sees_weight_changes():
     model.fused = False
     torch.testing.assert_close(reloaded, model(data)[K.ENERGY], rtol=0, atol=1e-12)
     model.fused = True
+    # load_state_dict(assign=True) and plain assignment replace the parameter objects themselves
+    model.load_state_dict(randomize_parameters(StudentForceField(hidden_dim=16, num_interactions=2, num_rbf=8),
+                                               seed=6).double().state_dict(), assign=True)
+    assigned = model(data)[K.ENERGY]
+    assert not torch.allclose(assigned, reloaded)
+    model.readout[2].bias = torch.nn.Parameter(model.readout[2].bias.detach() + 0.5)
+    replaced = model(data)[K.ENERGY]
+    model.fused = False
+    torch.testing.assert_close(replaced, model(data)[K.ENERGY], rtol=0, atol=1e-12)
+    assert not torch.allclose(assigned, replaced)
+    model.fused = True
+    reloaded = replaced
     single = model.float()(data)[K.ENERGY]
     assert single.dtype == torch.float32
     torch.testing.assert_close(single.double(), reloaded, rtol=1e-5, atol=1e-5)

@@ -232,6 +232,15 @@ void pair_traversal(int64_t N, const int64_t* rowptr, const int64_t* col, const 
 template <typename T>
 inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
+// SiLU and its derivative, d/dh [h sigmoid(h)].
+template <typename T>
+inline T silu(T h) { return h * sigmoid(h); }
+template <typename T>
+inline T dsilu(T h) {
+    const T sg = sigmoid(h);
+    return sg * (T(1) + h * (T(1) - sg));
+}
+
 // A Linear layer as the kernel reads it.
 template <typename T>
 struct Linear {
@@ -260,6 +269,32 @@ struct Net {
     const T* r2;        // (Fh,) readout Fh -> 1
     std::vector<Block<T>> blocks;
 };
+
+// The two-layer MLPs of a block, y = W2 silu(W1 x + b1) + b2 over N rows (x: (N, in), hidden F,
+// y: (N, out)); ``pre`` keeps W1 x + b1 for the backward, ``tmp`` is scratch. Called inside the parallel
+// region (gemm and the loop are work-shared).
+template <typename T>
+void mlp_forward(int64_t N, int64_t in, int64_t F, int64_t out, const T* x, const Linear<T>& l1,
+                 const Linear<T>& l2, T* pre, T* tmp, T* y) {
+    gemm<T>(N, F, in, x, in, l1.WT, F, pre, F, l1.b, false);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i)
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) tmp[i * F + f] = silu(pre[i * F + f]);
+    gemm<T>(N, out, F, tmp, F, l2.WT, out, y, out, l2.b, false);
+}
+
+// Its backward: gx (+)= W1^T (silu'(pre) * (W2^T gy)); ``gh`` (N, F) is scratch.
+template <typename T>
+void mlp_backward(int64_t N, int64_t in, int64_t F, int64_t out, const T* gy, const Linear<T>& l1,
+                  const Linear<T>& l2, const T* pre, T* gh, T* gx, bool accumulate) {
+    gemm<T>(N, F, out, gy, out, l2.W, F, gh, F, nullptr, false);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < N; ++i)
+#pragma omp simd
+        for (int64_t f = 0; f < F; ++f) gh[i * F + f] *= dsilu(pre[i * F + f]);
+    gemm<T>(N, in, F, gh, F, l1.W, in, gx, in, nullptr, accumulate);
+}
 
 // Weight pointers in the order whole.py packs them (see _pointer_list there).
 template <typename T>
@@ -457,15 +492,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
             T* h1 = m.h1[b];
             T* phi = m.phi[b];
             const T* v = m.vin[b];
-            gemm<T>(N, F, F, m.s, F, blk.m1.WT, F, h1, F, blk.m1.b, false);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < N; ++i)
-#pragma omp simd
-                for (int64_t f = 0; f < F; ++f) {
-                    const T h = h1[i * F + f];
-                    m.x[i * F + f] = h * sigmoid(h);
-                }
-            gemm<T>(N, F3, F, m.x, F, blk.m2.WT, F3, phi, F3, blk.m2.b, false);
+            mlp_forward<T>(N, F, F, F3, m.s, blk.m1, blk.m2, h1, m.x, phi);
 
             // message: ds_k = sum_e phi_s[j] W_s(e), dv_k = sum_e phi_d[j] W_d(e) dir_e + phi_v[j] W_v(e) v_j
             // over the edges e = (k, j, S) of row k
@@ -508,15 +535,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
             }
             T* h3 = m.h3[b];
             T* a = m.a[b];
-            gemm<T>(N, F, 2 * F, cat, 2 * F, blk.u1.WT, F, h3, F, blk.u1.b, false);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < N; ++i)
-#pragma omp simd
-                for (int64_t f = 0; f < F; ++f) {
-                    const T h = h3[i * F + f];
-                    m.x[i * F + f] = h * sigmoid(h);
-                }
-            gemm<T>(N, F3, F, m.x, F, blk.u2.WT, F3, a, F3, blk.u2.b, false);
+            mlp_forward<T>(N, 2 * F, F, F3, cat, blk.u1, blk.u2, h3, m.x, a);
             T* vnext = m.vin[b + 1];
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < N; ++i) {
@@ -543,13 +562,14 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
             const T* h = m.h5 + i * Fh;
             T out = 0;
 #pragma omp simd reduction(+ : out)
-            for (int64_t c = 0; c < Fh; ++c) out += h[c] * sigmoid(h[c]) * net.r2[c];
+            for (int64_t c = 0; c < Fh; ++c) out += silu(h[c]) * net.r2[c];
             energies[i] = net.scale * (out + net.r2b) + net.shift + net.atom_ref[Z[i]];
             // [uncertainty] optional output: the readout's last hidden features silu(h) (N, Fh), what
             // mlff_calc.uncertainty reads; nullptr when off (no cost then).
             if (features) {
                 T* phi = features + i * Fh;
-                for (int64_t c = 0; c < Fh; ++c) phi[c] = h[c] * sigmoid(h[c]);
+#pragma omp simd
+                for (int64_t c = 0; c < Fh; ++c) phi[c] = silu(h[c]);
             }
         }
 
@@ -560,10 +580,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
                 const T* h = m.h5 + i * Fh;
                 T* g = m.x + i * Fh;
 #pragma omp simd
-                for (int64_t c = 0; c < Fh; ++c) {
-                    const T sg = sigmoid(h[c]);
-                    g[c] = net.scale * net.r2[c] * (sg * (T(1) + h[c] * (T(1) - sg)));
-                }
+                for (int64_t c = 0; c < Fh; ++c) g[c] = net.scale * net.r2[c] * dsilu(h[c]);
                 std::memset(m.gv + i * F3, 0, sizeof(T) * F3);
             }
 #pragma omp for schedule(static) nowait
@@ -594,16 +611,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
                         ga[2 * F + f] = gs[f];
                     }
                 }
-                gemm<T>(N, F, F3, m.ga, F3, blk.u2.W, F, m.gh, F, nullptr, false);
-#pragma omp for schedule(static)
-                for (int64_t i = 0; i < N; ++i)
-#pragma omp simd
-                    for (int64_t f = 0; f < F; ++f) {
-                        const T h = h3[i * F + f];
-                        const T sg = sigmoid(h);
-                        m.gh[i * F + f] *= sg * (T(1) + h * (T(1) - sg));
-                    }
-                gemm<T>(N, 2 * F, F, m.gh, F, blk.u1.W, 2 * F, m.gcat, 2 * F, nullptr, false);
+                mlp_backward<T>(N, 2 * F, F, F3, m.ga, blk.u1, blk.u2, h3, m.gh, m.gcat, false);
 #pragma omp for schedule(static)
                 for (int64_t i = 0; i < N; ++i) {
                     const T* q = vuv + i * 6 * F;
@@ -683,17 +691,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
                     }
                 }
                 // gv2 is now the gradient with respect to the block's input v; gs gets the MLP's share
-                gemm<T>(N, F, F3, m.gphi, F3, blk.m2.W, F, m.gh, F, nullptr, false);
-                const T* h1 = m.h1[b];
-#pragma omp for schedule(static)
-                for (int64_t i = 0; i < N; ++i)
-#pragma omp simd
-                    for (int64_t f = 0; f < F; ++f) {
-                        const T h = h1[i * F + f];
-                        const T sg = sigmoid(h);
-                        m.gh[i * F + f] *= sg * (T(1) + h * (T(1) - sg));
-                    }
-                gemm<T>(N, F, F, m.gh, F, blk.m1.W, F, m.gs, F, nullptr, true);
+                mlp_backward<T>(N, F, F, F3, m.gphi, blk.m1, blk.m2, m.h1[b], m.gh, m.gs, true);
 #pragma omp single
                 std::swap(m.gv, m.gv2);
             }
@@ -731,7 +729,7 @@ int evaluate(const Net<T>& net, int64_t N, int64_t E, int64_t H, const int64_t* 
 }  // namespace
 
 extern "C" {
-int mlff_whole_abi_version() { return 2; }  // 2: trailing features pointer
+int mlff_whole_abi_version() { return 2; }  // 2: trailing features pointer ([uncertainty])
 
 // Frees the calling thread's workspace (kept between calls; see Arena).
 void painn_whole_release() {
@@ -741,20 +739,15 @@ void painn_whole_release() {
 
 // Returns 0 on success, 1 for an atomic number outside 0..max_z, 2 when E != 2 H.
 // features: (N, Fh) readout hidden features out, or nullptr ([uncertainty]).
-int painn_whole_f32(const int64_t* dims, const void* const* weights, int64_t N, int64_t E, int64_t H,
-                    const int64_t* numbers, const float* vectors, const int64_t* rowptr, const int64_t* col,
-                    const int64_t* rev, const int64_t* half, float* energies, float* forces, float* edge_grad,
-                    int compute_gradient, int nthreads, float* features) {
-    const Net<float> net = unpack<float>(dims, weights);
-    return evaluate<float>(net, N, E, H, numbers, vectors, rowptr, col, rev, half, energies, forces, edge_grad,
-                           compute_gradient, nthreads, features);
-}
-int painn_whole_f64(const int64_t* dims, const void* const* weights, int64_t N, int64_t E, int64_t H,
-                    const int64_t* numbers, const double* vectors, const int64_t* rowptr, const int64_t* col,
-                    const int64_t* rev, const int64_t* half, double* energies, double* forces, double* edge_grad,
-                    int compute_gradient, int nthreads, double* features) {
-    const Net<double> net = unpack<double>(dims, weights);
-    return evaluate<double>(net, N, E, H, numbers, vectors, rowptr, col, rev, half, energies, forces, edge_grad,
-                            compute_gradient, nthreads, features);
-}
+#define PAINN_WHOLE_ENTRY(NAME, T)                                                                          \
+    int NAME(const int64_t* dims, const void* const* weights, int64_t N, int64_t E, int64_t H,                \
+             const int64_t* numbers, const T* vectors, const int64_t* rowptr, const int64_t* col,             \
+             const int64_t* rev, const int64_t* half, T* energies, T* forces, T* edge_grad,                   \
+             int compute_gradient, int nthreads, T* features) {                                               \
+        const Net<T> net = unpack<T>(dims, weights);                                                        \
+        return evaluate<T>(net, N, E, H, numbers, vectors, rowptr, col, rev, half, energies, forces,        \
+                           edge_grad, compute_gradient, nthreads, features);                                \
+    }
+PAINN_WHOLE_ENTRY(painn_whole_f32, float)
+PAINN_WHOLE_ENTRY(painn_whole_f64, double)
 }
