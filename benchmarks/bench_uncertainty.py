@@ -159,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                              load_teacher("gfn2-xtb"), args.frames)
     rank = ranking(calc, frames)
     cost = overhead(args.model, args.rounds, args.calls)
-    plots.reliability(FIGURE, rank["reliability_atoms"], rank["reliability_structures"])
     info = calc.uncertainty.info
     lines = [
         "## Uncertainty: ranking of errors and cost (`bench_uncertainty.py`)",
@@ -195,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(lines) + "\n"
     print("\n" + body)
     if args.write:
+        plots.reliability(FIGURE, rank["reliability_atoms"], rank["reliability_structures"])
         write_section(RESULTS, "bench_uncertainty", body)
         print(f"wrote section 'bench_uncertainty' of {RESULTS}")
     return 0
