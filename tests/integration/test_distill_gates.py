@@ -35,6 +35,8 @@ def test_distill_gates(tmp_path, seed, capsys):
     captured = capsys.readouterr()
     assert "1 acceptance gate missed: force_mae_ev_per_ang:" in captured.err and "1e-09 eV/Å (at most)" in captured.err
     assert "gate MISSED: force_mae_ev_per_ang" in captured.out and "gate passed: md_stable" in captured.out
+    report = (run / "report" / "report.md").read_text()  # the trained student is calibrated: its uncertainty
+    assert "The student's uncertainty" in report and (run / "report" / "uncertainty_reliability.png").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["gates"]["passed"] is False and len(summary["gates"]["results"]) == 2
     before = stage_records(run)
