@@ -251,8 +251,12 @@ def fit(model, frames: Iterable, calibration_frames: Iterable, regularization: f
     (1e-6: measured best of 1e-9..1e-1 on the quickstart molecules; 1e-3 and above blur the signal).
     """
     fit_data = evaluate_frames(model, frames, max_atoms)
-    cal_data = evaluate_frames(model, calibration_frames, max_atoms)
     elements = sorted(int(z) for z in np.unique(fit_data["numbers"]))
+    held = [f for f in map(_frame, calibration_frames) if set(np.unique(f["atomic_numbers"]).tolist()) <= set(elements)]
+    if not held:
+        raise InputError("no calibration frame has only elements of the fit frames "
+                         f"{elements}; give held-out frames like the training data")
+    cal_data = evaluate_frames(model, held, max_atoms)
     atom_p = np.stack([_precision(fit_data["features"][fit_data["numbers"] == z], regularization)
                        for z in elements])
     struct_p = _precision(_summed(fit_data["features"], fit_data["n_atoms"]), regularization)

@@ -348,8 +348,11 @@ class _Trainer:
         if len(train) > max_frames:  # the covariance converges long before; keep this step cheap
             train = train[np.linspace(0, len(train) - 1, max_frames).astype(np.int64)]
         frame = self.data.dataset._frame
-        uncertainty.attach(model, uncertainty.fit(model, [frame(int(i)) for i in train],
-                                                  [frame(int(i)) for i in self.data.val]))
+        try:
+            uncertainty.attach(model, uncertainty.fit(model, [frame(int(i)) for i in train],
+                                                      [frame(int(i)) for i in self.data.val]))
+        except InputError as exc:  # never lose a finished training to its calibration
+            warnings.warn(f"the student has no uncertainty calibration: {exc}", stacklevel=2)
 
     def finish(self, stop: str) -> TrainResult:
         """Evaluate the best weights on the test split; write metrics.json, the plot, final student.pt."""

@@ -170,3 +170,18 @@ def test_calibration_must_cover_the_trained_elements(trained_student):
     model.metadata = dict(trained_student.metadata, elements=[*trained_student.elements, 13])
     with pytest.raises(InputError, match=r"no data for elements \[13\] it was trained on"):
         StudentCalculator(model, device="cpu", uncertainty=True)
+
+
+def test_fit_skips_calibration_frames_with_unseen_elements(trained_student):
+    def labelled(atoms):
+        atoms.calc = EMT()
+        atoms.get_forces()
+        return atoms
+
+    cu = [labelled(_cu(0.1, 300 + s)) for s in range(6)]
+    al = _cu(0.1, 400)
+    al.symbols[0] = "Al"
+    cal = U.fit(trained_student, cu[:3], [*cu[3:], labelled(al)])
+    assert cal.info["calibration_frames"] == 3 and cal.elements == [29]
+    with pytest.raises(InputError, match="no calibration frame has only elements"):
+        U.fit(trained_student, cu[:3], [labelled(al.copy())])
