@@ -150,7 +150,7 @@ class StudentCalculator(Calculator):
                 message = f"structure {first + int(b)}:{rest}"
             raise InputError(message) from None
         features = self._features(graph)
-        energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
+        energies, forces, virial = _numpy(self._inference(graph, want_stress, features))
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         results = [
             _results(energies[offsets[b]:offsets[b + 1]], forces[offsets[b]:offsets[b + 1]],
@@ -164,6 +164,12 @@ class StudentCalculator(Calculator):
                 res["energy_uncertainty"] = float(energy_unc[b])
                 res["forces_uncertainty"] = forces_unc[offsets[b]:offsets[b + 1]]
         return results
+
+    def _inference(self, graph, want_stress: bool, features: torch.Tensor | None):
+        """The model call; with uncertainty off exactly as before (no extra argument)."""
+        if features is None:
+            return self.model.inference(graph, want_stress)
+        return self.model.inference(graph, want_stress, features=features)
 
     def _features(self, graph) -> torch.Tensor | None:
         """The buffer the model writes the readout features into, when uncertainty is on."""
@@ -209,7 +215,7 @@ class StudentCalculator(Calculator):
             )
         graph = self.converter(atoms)
         features = self._features(graph)
-        energies, forces, virial = _numpy(self.model.inference(graph, want_stress, features))
+        energies, forces, virial = _numpy(self._inference(graph, want_stress, features))
         self.results = _results(energies, forces, virial[0] if want_stress else None, atoms.cell.array)
         if features is not None:
             energy_unc, forces_unc = self.uncertainty.predict_one(features.cpu().numpy(), atoms.numbers)
