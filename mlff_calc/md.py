@@ -44,13 +44,12 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
-from ase.io import Trajectory
 from ase.md.logger import MDLogger
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
 from .blowup import MAX_FORCE, BlowUpWatch
-from .errors import InputError, MDBlowUp, ModelOutputError  # MDBlowUp re-exported: md.MDBlowUp is public
-from .errors import UncertaintyExceeded
+from .errors import InputError, MDBlowUp, ModelOutputError, UncertaintyExceeded  # MDBlowUp: md.MDBlowUp is public
+from .data.structures import TrajectoryWriter
 from .io import commit, temporary_path
 from .uncertainty_watch import WARN_UNCERTAINTY, UncertaintyWatch
 
@@ -193,7 +192,7 @@ def run_md(
     try:
         if traj is not None:
             outputs[Path(traj)] = temporary_path(traj)
-            writer = _TrajectoryWriter(outputs[Path(traj)], TRAJECTORY_FORMATS[Path(traj).suffix.lower()])
+            writer = TrajectoryWriter(outputs[Path(traj)], TRAJECTORY_FORMATS[Path(traj).suffix.lower()])
         if log is not None:
             outputs[Path(log)] = temporary_path(log)
             logger = MDLogger(dyn, atoms, str(outputs[Path(log)]), stress=ensemble == "npt", mode="w")
@@ -269,26 +268,6 @@ def run_md(
         for path, tmp in outputs.items():  # the frames written are good ones: keep them, whatever happened
             commit(tmp, path)
     return result()
-
-
-class _TrajectoryWriter:
-    """A frame per call to ``write``: an ASE ``.traj`` or extended XYZ (flushed per frame)."""
-
-    def __init__(self, path: Path, fmt: str):
-        self.fmt = fmt
-        self._out = Trajectory(str(path), "w") if fmt == "traj" else open(path, "w")
-
-    def write(self, atoms: Atoms) -> None:
-        if self.fmt == "traj":
-            self._out.write(atoms)
-        else:
-            from ase.io import write
-
-            write(self._out, atoms, format="extxyz")
-            self._out.flush()
-
-    def close(self) -> None:
-        self._out.close()
 
 
 def _check_options(atoms, ensemble, thermostat, temperature, timestep, steps, interval, friction,

@@ -1,4 +1,5 @@
-"""Structure files (any ASE-readable format): a validating reader, a fingerprint, a streaming extxyz writer.
+"""Structure files (any ASE-readable format): a validating reader, a fingerprint, a streaming extxyz writer,
+the MD trajectory writer.
 
 Every command reads its structures through :func:`read_structures`, so bad input is refused at the
 boundary, named as such, before a teacher, a model or an integrator sees it: a missing, empty or
@@ -116,3 +117,25 @@ def write_extxyz(path: str | os.PathLike, frames: Iterable[Atoms]) -> int:
         raise
     commit(partial if count else tmp, path)
     return count
+
+
+class TrajectoryWriter:
+    """A frame per call to ``write``: an ASE ``.traj`` or extended XYZ (flushed per frame)."""
+
+    def __init__(self, path: Path, fmt: str):
+        from ase.io.trajectory import Trajectory
+
+        self.fmt = fmt
+        self._out = Trajectory(str(path), "w") if fmt == "traj" else open(path, "w")
+
+    def write(self, atoms: Atoms) -> None:
+        if self.fmt == "traj":
+            self._out.write(atoms)
+        else:
+            from ase.io import write
+
+            write(self._out, atoms, format="extxyz")
+            self._out.flush()
+
+    def close(self) -> None:
+        self._out.close()
