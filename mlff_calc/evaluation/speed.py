@@ -28,7 +28,7 @@ def time_calls(
     the student's Verlet skin keeps its neighbour list (an MD step rebuilds it only now and then).
     The calculators take turns call by call, so a load spike on a shared machine hits all of them alike.
     Timing stops early after ``max_seconds`` per structure (at least 3 timed calls each) for slow teachers.
-    50 calls per structure: a median over 10 moved by ~10% between runs on a shared 2-core machine.
+    50 calls per structure by default: a median over 10 is at the mercy of load spikes on a shared machine.
 
     Returns ``{"per_structure": [{"n_atoms", "formula", "<name>_ms": median}], "<name>_ms_per_call":
     median over all timed calls, "calls_per_model": count}``.
