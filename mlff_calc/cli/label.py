@@ -40,11 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="try again the frames the teacher failed on in an earlier run",
     )
     parser.add_argument("--hvp-fraction", type=finite_float, default=None, metavar="F",
-                        help="also label this fraction of the frames (a fixed, seeded choice) with curvature: "
+                        help="also label this fraction of the frames (a fixed, seeded choice) with "
+                             "curvature: "
                              "Hessian-vector products by central differences of forces, 2 teacher calls per "
                              f"probe ({default('hvp_fraction')}: off)")
     parser.add_argument("--hvp-probes", type=int, default=None, metavar="K",
-                        help=f"random orthonormal probe directions per chosen frame ({default('hvp_probes')})")
+                        help="random orthonormal probe directions per chosen frame "
+                             f"({default('hvp_probes')})")
     parser.add_argument("--hvp-epsilon", type=finite_float, default=None, metavar="ANGSTROM",
                         help="central-difference step (default: 0.01 Å, chosen from a measured scan)")
     parser.add_argument("--compact-interval", type=finite_float, default=None, help=argparse.SUPPRESS)

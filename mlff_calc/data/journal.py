@@ -65,7 +65,7 @@ def _create(path: Path, teacher: dict[str, Any], provenance: dict[str, Any]) -> 
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["units"] = json.dumps(UNITS | HVP_UNITS)
+        f.attrs["units"] = json.dumps(UNITS)  # curvature units join with the first curvature labels
         f.attrs["teacher"] = json.dumps(teacher, sort_keys=True)
         f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
         f.attrs["uid"] = uuid.uuid4().hex
@@ -116,7 +116,8 @@ def _check_hvp(hvp: dict[str, Any], n: int, index) -> None:
     k = len(np.ravel(hvp["epsilon"]))
     for key in ("probes", "values"):
         if k < 1 or np.shape(hvp[key]) != (k, n, 3):
-            raise DataError(f"frame {index}: hvp {key} has shape {np.shape(hvp[key])}, expected ({k}, {n}, 3)")
+            raise DataError(f"frame {index}: hvp {key} has shape {np.shape(hvp[key])}, "
+                            f"expected ({k}, {n}, 3)")
     if not all(np.all(np.isfinite(hvp[key])) for key in ("probes", "values", "epsilon")):
         raise DataError(f"frame {index}: non-finite curvature (hvp) labels are never stored")
     if not np.all(np.ravel(hvp["epsilon"]) > 0):

@@ -93,7 +93,8 @@ def _validate_hvp(f: h5py.File, path: Path, n_atoms: np.ndarray, units: dict) ->
         return
     if len(present) != len(HVP_SCHEMA):
         missing = sorted(set(HVP_SCHEMA) - set(present))
-        raise DataError(f"{path}: curvature labels are incomplete: missing {', '.join('/' + m for m in missing)}")
+        raise DataError(f"{path}: curvature labels are incomplete: missing "
+                        + ", ".join("/" + m for m in missing))
     for key, unit in HVP_UNITS.items():
         if units.get(key) != unit:
             raise DataError(f"{path}: {key} is in {units.get(key)!r}, expected {unit!r}")

@@ -65,7 +65,8 @@ HVP_SCHEMA: dict[str, tuple[str, tuple[int, ...], str]] = {
 }
 HVP_UNITS = {"hvp": "eV/Angstrom^2", "hvp_epsilon": "Angstrom", "hvp_probe": "1 (unit vector)"}
 OPTIONAL = {"structures/input_index"}  # files from other producers may lack it: 0..S-1 then
-CHUNK = {"atom": 1024, "structure": 256, "probe": 256, "probe_atom": 1024}  # ~24 kB per chunk: cheap random access
+# ~24 kB per chunk: cheap random access
+CHUNK = {"atom": 1024, "structure": 256, "probe": 256, "probe_atom": 1024}
 BATCH_RE = re.compile(r"^(\d{9})\.npz$")
 
 

@@ -195,7 +195,9 @@ class StudentForceField(nn.Module):
 
             self._check_graph(graph)
             energies, forces, edge_grad, hvp = forces_and_hvp(self, graph, probe)
-            virial = -strain_derivative_from_edges(graph, graph.vectors, edge_grad) if compute_stress else None
+            virial = None
+            if compute_stress:
+                virial = -strain_derivative_from_edges(graph, graph.vectors, edge_grad)
         elif compute_forces or compute_stress:
             energies, forces, virial = self.inference(graph, want_stress=compute_stress)
         else:
