@@ -1,4 +1,4 @@
-"""The distill stages: sample -> heldout -> label -> label_heldout -> train -> evaluate -> md.
+"""The distill stages: sample -> heldout -> label -> label_heldout -> train -> evaluate -> md -> vibrations.
 
 Each stage is a :class:`Stage`: the settings it hashes, the stages it depends on, the paths it owns
 (relative to RUN_DIR) and a ``run(ctx) -> info`` function whose ``info`` goes into ``state.json``.
@@ -12,6 +12,7 @@ Outputs of every stage (paths below RUN_DIR)::
     student.pt                      train: copy of train/student.pt (the best EMA weights)
     report/                         evaluate: evaluate.md (its section), figures, metrics.json
     md/                             md: md.json, report.md (its section), one .traj/.log per seed and dtype
+    vibrations/                     vibrations: student vs teacher harmonic frequencies (molecules <= 30 atoms)
     report/report.md                assembled by distill from the stages' sections, in stage order
 """
 
@@ -334,6 +335,13 @@ def md_section(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _vibrations(ctx: Context) -> dict:
+    from .vibrations import run_vibrations
+
+    with _torch_threads(ctx):
+        return run_vibrations(ctx)
+
+
 def assemble_report(run_dir: Path) -> Path | None:
     """``report/report.md`` = the sections the stages wrote, in stage order (each stage owns its section
     file and rewrites only that; nothing edits another stage's output). None before the evaluation ran."""
@@ -364,4 +372,8 @@ STAGES: tuple[Stage, ...] = (
     # After evaluate, so that the sections of report/report.md always come from the same run.
     Stage("md", "student NVE stability check", ("train", "evaluate"), ("md",), key=_md_key, run=_md,
           keep_old=False, section="md/report.md"),
+    Stage("vibrations", "harmonic frequencies, student vs teacher (molecules)", ("train",), ("vibrations",),
+          key=lambda ctx: {"teacher": ctx.teacher_spec(), "seeds": ctx.seeds_sha256,
+                           "student": _student_sha256(ctx)},
+          run=_vibrations, keep_old=False, section="vibrations/report.md"),
 )

@@ -169,3 +169,26 @@ def test_training_with_hvp_weight_fits_curvature_and_reports_it(tmp_path):
     assert np.isfinite(with_hvp.test_metrics["hvp_mae_ev_per_ang2"])
     without = train(config_from_dict(base | {"run": {**base["run"], "out": str(tmp_path / "b")}}))
     assert np.isnan(without.test_metrics["hvp_mae_ev_per_ang2"])  # the term is off: no second derivative
+
+
+def test_vibrations_stage_compares_molecules_and_says_why_others_are_skipped(tmp_path):
+    from types import SimpleNamespace
+
+    from ase import Atoms
+
+    from mlff_calc.pipeline.vibrations import run_vibrations
+
+    model = _student()
+    model.save(tmp_path / "student.pt")
+    teacher = StudentCalculator(model=model, dtype="float64")  # the student as its own teacher: errors 0
+    seeds = [("a", molecule("H2O")), ("b", bulk("Cu", "fcc", a=3.6)), ("c", Atoms("H40", positions=[
+        (0.9 * i, 0.0, 0.0) for i in range(40)]))]
+    ctx = SimpleNamespace(path=lambda rel: tmp_path / rel, seeds=seeds, device="cpu", log=lambda m: None,
+                          teacher_calc=lambda: teacher)
+    info = run_vibrations(ctx)
+    assert info["summary"]["seeds"] == 1 and info["summary"]["modes"] == 3  # 3N - 6 for water
+    assert info["summary"]["max_error_cm1"] < 1e-3
+    assert [k["reason"].split(":")[0] for k in info["skipped"]] == ["periodic", "40 atoms > 30"]
+    text = (tmp_path / "vibrations/report.md").read_text()
+    assert "MAE **0.00 cm⁻¹**" in text and "skipped (periodic" in text
+    assert (tmp_path / "vibrations/frequencies.png").stat().st_size > 1000
