@@ -195,7 +195,20 @@ class DatasetReader:
             "forces": f["labels/forces"][a:b],
             "stress": f["labels/stress"][i],
             "input_index": int(self.input_index[i]),
+            "hvp": self.hvp(i),
         }
+
+    def hvp(self, i: int) -> dict[str, np.ndarray] | None:
+        """Curvature labels of structure ``i`` (``probes``/``values`` ``(k, n, 3)``, ``epsilon (k,)``) or None."""
+        mine = np.flatnonzero(self.hvp_structure == i)
+        if not len(mine):
+            return None
+        f, n = self._file(), int(self.n_atoms[i])
+        rows = np.concatenate([[0], np.cumsum(self.n_atoms[self.hvp_structure])])
+        take = np.concatenate([np.arange(rows[p], rows[p] + n) for p in mine])
+        return {"probes": f["labels/hvp_probe"][take].reshape(len(mine), n, 3),
+                "values": f["labels/hvp"][take].reshape(len(mine), n, 3),
+                "epsilon": f["labels/hvp_epsilon"][mine]}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every column of ``SCHEMA`` (and ``HVP_SCHEMA``, when present) in memory (input_index filled in

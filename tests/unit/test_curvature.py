@@ -192,3 +192,33 @@ def test_vibrations_stage_compares_molecules_and_says_why_others_are_skipped(tmp
     text = (tmp_path / "vibrations/report.md").read_text()
     assert "MAE **0.00 cm⁻¹**" in text and "skipped (periodic" in text
     assert (tmp_path / "vibrations/frequencies.png").stat().st_size > 1000
+
+
+def test_probes_added_to_an_older_file_and_carried_by_merge(tmp_path):
+    from mlff_calc.data.convert import merge_datasets
+
+    path, frames = tmp_path / "d.h5", [_cu(0), _cu(1)]
+    with DatasetWriter(path, {"name": "emt"}, {"input": {"sha256": "x"}}) as w:
+        w.add(_frame(frames[0], 0))  # a file from before curvature labels: no hvp datasets, no hvp units
+    with DatasetWriter(path) as w:  # a resumed writer adds the first probes: the datasets appear then
+        w.add(_frame(frames[1], 1, _hvp(frames[1], 2, 5.0)))
+    reader = DatasetReader(path)
+    assert reader.hvp(0) is None and reader.hvp(1)["values"].shape == (2, 4, 3)
+    n, _ = merge_datasets(tmp_path / "m.h5", [path])
+    merged = DatasetReader(tmp_path / "m.h5")
+    assert n == 2 and merged.n_probes.tolist() == [0, 2]
+    np.testing.assert_array_equal(merged.hvp(1)["probes"], reader.hvp(1)["probes"])
+
+
+def test_label_cli_flags_and_dataset_info_show_curvature(tmp_path, capsys):
+    from mlff_calc.cli import main
+
+    write(tmp_path / "in.extxyz", [_cu(s) for s in range(5)])
+    assert main(["label", "--teacher", "emt", "--structures", str(tmp_path / "in.extxyz"), "--out",
+                 str(tmp_path / "d.h5"), "--hvp-fraction", "0.4", "--hvp-probes", "3", "--quiet"]) == 0
+    assert "curvature labels on 2 frames now; 17 teacher calls" in capsys.readouterr().out  # 5 + 2*3*2
+    assert main(["dataset", "info", str(tmp_path / "d.h5")]) == 0
+    assert "6 Hessian-vector products on 2 structures" in capsys.readouterr().out
+    assert main(["label", "--teacher", "emt", "--structures", str(tmp_path / "in.extxyz"), "--out",
+                 str(tmp_path / "e.h5"), "--hvp-fraction", "-1", "--quiet"]) != 0
+    assert "hvp_fraction must be in [0, 1]" in capsys.readouterr().err
