@@ -241,7 +241,7 @@ class _Trainer:
         """The model's outputs for ``batch``; with curvature labels in use, also ``hvp`` of one combined
         probe per structure (its label goes into ``batch`` as ``hvp_target``)."""
         probe = None
-        if self.use_hvp:
+        if self.use_hvp and bool(batch[K.N_PROBES].any()):  # no probed frame in the batch: no 2nd derivative
             probe, batch[K.HVP_TARGET] = combined_probe(batch, random=random_probes)
         return net(batch[K.GRAPH], compute_forces=compute_forces, compute_stress=self.use_stress, probe=probe)
 

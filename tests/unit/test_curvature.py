@@ -222,3 +222,13 @@ def test_label_cli_flags_and_dataset_info_show_curvature(tmp_path, capsys):
     assert main(["label", "--teacher", "emt", "--structures", str(tmp_path / "in.extxyz"), "--out",
                  str(tmp_path / "e.h5"), "--hvp-fraction", "-1", "--quiet"]) != 0
     assert "hvp_fraction must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_probed_frames_are_spread_over_the_training_and_validation_splits():
+    from mlff_calc.training.data import split_frames
+    from mlff_calc.workflow.labelling import _hvp_settings, _probed_frames
+
+    probed = _probed_frames(500, _hvp_settings(0.2, 2, None))
+    train, val, _ = split_frames(500, 0.1, 0.0)
+    assert len(probed) == 100
+    assert 5 <= len(probed & set(val.tolist())) <= 20  # ~10 expected; the same seed stream would give 0
