@@ -110,7 +110,8 @@ class ErrorSums:
             s[13] += err.abs().sum()
 
     def metrics(self, weights: LossConfig) -> dict[str, float]:
-        """``loss`` and MAE/RMSE per property (NaN where nothing was labelled)."""
+        """``loss`` and MAE/RMSE per property (NaN where nothing was labelled; the curvature metrics only
+        when curvature labels were evaluated)."""
         v = dict(zip(_FIELDS, self.sums.tolist()))
 
         def ratio(a: str, n: str) -> float:
@@ -123,9 +124,10 @@ class ErrorSums:
             "force_rmse_ev_per_ang": math.sqrt(ratio("f_sq", "n_force")),
             "force_cosine_mean": ratio("cos", "n_cos"),
             "stress_mae_ev_per_ang3": ratio("s_abs", "n_stress"),
-            "hvp_mae_ev_per_ang2": ratio("h_abs", "n_hvp"),
-            "hvp_rmse_ev_per_ang2": math.sqrt(ratio("h_sq", "n_hvp")),
         }
+        if v["n_hvp"] > 0:  # only where curvature labels were evaluated (most datasets have none)
+            out["hvp_mae_ev_per_ang2"] = ratio("h_abs", "n_hvp")
+            out["hvp_rmse_ev_per_ang2"] = math.sqrt(ratio("h_sq", "n_hvp"))
         loss = weights.energy_weight * ratio("e_sq", "n_structures")
         terms = ((weights.force_weight, "f_sq", "n_force"), (weights.stress_weight, "s_sq", "n_stress"),
                  (weights.hvp_weight, "h_sq", "n_hvp"))
