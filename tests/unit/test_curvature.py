@@ -232,3 +232,25 @@ def test_probed_frames_are_spread_over_the_training_and_validation_splits():
     train, val, _ = split_frames(500, 0.1, 0.0)
     assert len(probed) == 100
     assert 5 <= len(probed & set(val.tolist())) <= 20  # ~10 expected; the same seed stream would give 0
+
+
+@pytest.mark.slow
+def test_distill_with_curvature_labels_trains_on_them_and_counts_the_calls(tmp_path):
+    from mlff_calc.pipeline import distill
+
+    seed = bulk("Cu", "fcc", a=3.6, cubic=True)
+    overrides = {"sampling.temperatures": [300.0], "sampling.frames": 16, "sampling.interval": 2,
+                 "sampling.timestep": 2.0, "sampling.warmup": 0, "heldout.frames": 4,
+                 "labelling.hvp_fraction": 0.5, "labelling.hvp_probes": 2,
+                 "training.model.hidden_dim": 8, "training.model.num_interactions": 1, "training.model.cutoff": 3.5,
+                 "training.data.val_size": 4, "training.data.batch_size": 4, "training.loss.hvp_weight": 0.1,
+                 "training.run.max_time": None, "training.run.epochs": 2, "evaluation.max_frames": 4,
+                 "evaluation.nve_steps": 0, "md.steps": 10, "md.dtypes": ["float64"]}
+    result = distill("emt", [seed], tmp_path / "run", preset="quick", overrides=overrides, quiet=True)
+    state = json.loads((tmp_path / "run/state.json").read_text())["stages"]
+    assert state["label"]["info"]["teacher_calls_now"] == 16 + 8 * 2 * 2  # 16 frames, 8 of them 2 probes
+    assert DatasetReader(tmp_path / "run/data/train.h5").n_probes.sum() == 16
+    assert DatasetReader(tmp_path / "run/data/heldout.h5").n_probes.sum() == 0  # evaluation: forces only
+    assert "hvp_mae_ev_per_ang2" in state["train"]["info"]["validation"]
+    assert "skipped (periodic" in (tmp_path / "run/report/report.md").read_text()
+    assert result.summary["frequencies"]["modes"] == 0
