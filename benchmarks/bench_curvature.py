@@ -61,6 +61,68 @@ def distill_run(out: Path, frames: int, interval: int, fraction: float, probes: 
             "nve": s["nve"], "wall_s": time.monotonic() - start, "run_dir": str(out)}
 
 
+def minima_hessians(copies: int) -> tuple[list[dict], int]:
+    """Each seed relaxed by the teacher, with its full Hessian as 3N Cartesian probes (6N calls), as
+    ``copies`` dataset frames (oversampled, so that each epoch fits it several times and the random split
+    cannot leave it out). Returns (frames, teacher calls spent once)."""
+    from mlff_calc.demo import seed_structures
+    from mlff_calc.evaluation.vibrations import relax
+    from mlff_calc.teachers import compute_labels, load_teacher
+    from mlff_calc.teachers.hvp import fd_hvp
+
+    calc, frames, calls = load_teacher(TEACHER), [], 0
+    for j, atoms in enumerate(seed_structures()):
+        relaxed, steps = relax(atoms, calc)
+        probes = np.eye(3 * len(atoms)).reshape(-1, len(atoms), 3)
+        labels = compute_labels(calc, relaxed)
+        values = fd_hvp(calc, relaxed, probes)
+        calls += steps + 1 + 1 + 2 * len(probes)  # BFGS steps (+ first call), the labels, 2 per probe
+        frame = {"atomic_numbers": relaxed.numbers, "positions": relaxed.positions, "cell": np.zeros((3, 3)),
+                 "pbc": relaxed.pbc, **labels,
+                 "hvp": {"probes": probes, "values": values, "epsilon": np.full(len(probes), 0.01)}}
+        frames += [dict(frame, input_index=-1 - j * copies - c) for c in range(copies)]
+    return frames, calls
+
+
+def minima_run(out: Path, budget: int, base_interval: int, weight: float, max_time: float,
+               copies: int = 10) -> dict:
+    """Forces on fewer MD frames + the teacher Hessian at each seed's minimum, at ``budget`` labelling calls."""
+    import shutil
+
+    from mlff_calc.data.hdf5 import DatasetWriter
+    from mlff_calc.pipeline import distill, load_recipe
+    from mlff_calc.training import train
+    from mlff_calc.training.config import config_from_dict
+
+    minima, calls = minima_hessians(copies)
+    n = round((budget - calls) / 3)
+    interval = round(base_interval * budget / 3 / n)
+    overrides = {"sampling.frames": n, "sampling.interval": interval, "training.run.epochs": 1,
+                 "training.run.max_time": None}
+    from mlff_calc.demo import seed_structures
+
+    distill(TEACHER, seed_structures(), out, preset="quick", overrides=overrides, quiet=True)  # frames, labels
+    data = out / "data/train.h5"
+    if not (out / "minima.done").exists():
+        with DatasetWriter(data) as w:
+            for frame in minima:
+                w.add(frame)
+        (out / "minima.done").write_text("")
+    raw = load_recipe("quick")["training"]
+    raw["data"]["path"], raw["run"]["out"] = str(data), str(out / "train_minima")
+    raw["loss"]["hvp_weight"], raw["run"]["max_time"], raw["run"]["quiet"] = weight, max_time, True
+    result = train(config_from_dict(raw))
+    shutil.copyfile(result.checkpoint, out / "student.pt")  # distill re-evaluates a replaced student
+    s = distill(TEACHER, seed_structures(), out, preset="quick", overrides=overrides, quiet=True).summary
+    return {"frames_per_seed": n, "interval": interval, "hvp_fraction": 0.0, "hvp_probes": "3N at minima",
+            "hvp_weight": weight, "frames": 3 * n + len(minima), "probes": sum(3 * len(f["positions"])
+                                                                              for f in minima) // copies,
+            "labelling_calls": 3 * n + calls, "force_mae": s["force_mae_ev_per_ang"],
+            "energy_mae": s["energy_mae_ev_per_atom"], "epochs": result.epochs, "frequencies": s["frequencies"],
+            "per_seed": json.loads((out / "vibrations/vibrations.json").read_text())["per_seed"],
+            "nve": s["nve"], "run_dir": str(out), "minima_calls": calls}
+
+
 def step_cost(data: Path, steps: int = 30) -> dict:
     """ms per training step (forward, loss, backward, optimiser) of the quick student on batches of 4."""
     from mlff_calc import _keys as K
@@ -116,6 +178,8 @@ def table(runs: list[dict]) -> str:
         nve = " / ".join(f"{'stable' if d['stable'] else 'UNSTABLE'} {d['worst_drift_mev_per_atom_ps']:+.3f}"
                          for d in r["nve"].values())
         name = "forces only" if r["probes"] == 0 else f"forces + HVP ({r['hvp_fraction']:.0%} x {r['hvp_probes']})"
+        if "minima_calls" in r:
+            name = f"forces + Hessian at the 3 minima ({r['minima_calls']} calls)"
         lines.append(f"| {name} | {r['frames']} ({r['frames_per_seed']}) | {r['probes']} | {r['labelling_calls']} "
                      f"| {r['hvp_weight']:g} | {r['epochs']} | {r['force_mae']:.4f} | {f.get('mae_cm1', float('nan')):.2f} "
                      f"| {f.get('max_error_cm1', float('nan')):.2f} | {nve} |")
@@ -138,6 +202,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None,
                    help="train every run for this many epochs instead of --max-time seconds: information "
                         "per teacher call, whatever a step costs")
+    p.add_argument("--minima", action="store_true",
+                   help="curvature as the teacher's full Hessian at each seed's own minimum (relaxation + 6N "
+                        "calls, oversampled 10x), fewer MD frames for equal calls; in-sample for the "
+                        "frequency metric (its minima are where the frequencies are compared)")
     p.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -150,19 +218,25 @@ def main(argv=None) -> int:
         print(json.dumps(runs[-1], indent=1, default=str), flush=True)
     n = args.frames if args.extra_calls else round(args.frames / (1 + 2 * args.probes * args.fraction))
     interval = round(base_interval * args.frames / n)  # the same MD length: equal sampling calls
-    for w in args.hvp_weights:
+    for w in args.hvp_weights if args.minima else ():
+        runs.append(minima_run(out / f"minima_w{w:g}", 3 * args.frames, base_interval, w, args.max_time))
+        print(json.dumps(runs[-1], indent=1, default=str), flush=True)
+    for w in args.hvp_weights if not args.minima else ():
         runs.append(distill_run(out / f"hvp_w{w:g}", n, interval, args.fraction, args.probes, w, args.max_time,
                                 args.epochs))
         print(json.dumps(runs[-1], indent=1, default=str), flush=True)
-    cost = step_cost(out / f"hvp_w{args.hvp_weights[0]:g}" / "data/train.h5")
-    eps = [] if args.extra_calls else epsilon_rows()
+    cost = step_cost(out / f"{'minima' if args.minima else 'hvp'}_w{args.hvp_weights[0]:g}" / "data/train.h5")
+    eps = [] if args.extra_calls or args.minima else epsilon_rows()
     print(json.dumps({"step_cost_ms": cost, "epsilon": eps}, indent=1), flush=True)
-    extra = (" --extra-calls --skip-forces" if args.extra_calls else "") + \
+    extra = (" --extra-calls --skip-forces" if args.extra_calls else "") + (" --minima" if args.minima else "") + \
         (f" --epochs {args.epochs}" if args.epochs else "")
     budget = f"{args.epochs} epochs" if args.epochs else f"{args.max_time:g} s"
     title = ("with the probes' calls spent on top of the forces-only frames" if args.extra_calls
              else "at equal teacher calls")
-    how = ("Curvature runs label the same frames as forces only and spend 2 x probes calls more." if args.extra_calls
+    how = ("Curvature run: the teacher's full Hessian at each seed's own minimum (relaxation + 6N calls; 10 "
+           "copies of each in the dataset), fewer MD frames for equal labelling calls. The frequencies are "
+           "compared at those minima: in-sample for curvature, unlike the force MAE." if args.minima else
+           "Curvature runs label the same frames as forces only and spend 2 x probes calls more." if args.extra_calls
            else "Curvature runs label fewer frames so that frames + 2 x probes = the forces-only frame count (equal "
                 "labelling calls), with a longer sampling interval (equal MD length).")
     body = [
