@@ -52,6 +52,9 @@ def summarize(path) -> dict[str, Any]:
             "atoms": int(r.n_atoms.sum()),
             "failures": len(r.failed_index),
             "failure_reasons": dict(Counter(r.failed_reason).most_common()),
+            "hvp_frames": int((r.n_probes > 0).sum()),
+            "hvp_probes": len(r.hvp_structure),
+            "hvp_settings": ((r.provenance or {}).get("input") or {}).get("hvp"),
         }
     out["pending_frames"], out["pending_failures"] = pending_frames(path)
     if not a:
@@ -75,6 +78,9 @@ def summarize(path) -> dict[str, Any]:
             "stress_rms": float(np.sqrt(np.mean(stress[has_stress] ** 2))) if has_stress.any() else None,
         }
     )
+    if out["hvp_probes"]:
+        out["hvp_rms"] = float(np.sqrt(np.mean(a["labels/hvp"] ** 2)))
+        out["hvp_epsilon"] = sorted(set(np.round(a["labels/hvp_epsilon"], 12).tolist()))
     return out
 
 
@@ -115,6 +121,12 @@ def _print_info(s: dict[str, Any]) -> None:
                 + (f", RMS component {s['stress_rms']:.4g} eV/Å³" if s["with_stress"] else ""),
             ),
         ]
+        if s["hvp_probes"]:
+            rows.append(("curvature", f"{s['hvp_probes']} Hessian-vector products on {s['hvp_frames']} "
+                         f"structures, RMS component {s['hvp_rms']:.4g} eV/Å², epsilon "
+                         f"{', '.join(f'{e:g}' for e in s['hvp_epsilon'])} Å"))
+        else:
+            rows.append(("curvature", "none (label with --hvp-fraction to add Hessian-vector products)"))
     rows.append(("failures", str(s["failures"])))
     for reason, count in list(s["failure_reasons"].items())[:5]:
         rows.append(("", f"{count} x {reason}"))

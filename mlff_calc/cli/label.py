@@ -39,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="try again the frames the teacher failed on in an earlier run",
     )
+    parser.add_argument("--hvp-fraction", type=finite_float, default=None, metavar="F",
+                        help="also label this fraction of the frames (a fixed, seeded choice) with "
+                             "curvature: "
+                             "Hessian-vector products by central differences of forces, 2 teacher calls per "
+                             f"probe ({default('hvp_fraction')}: off)")
+    parser.add_argument("--hvp-probes", type=int, default=None, metavar="K",
+                        help="random orthonormal probe directions per chosen frame "
+                             f"({default('hvp_probes')})")
+    parser.add_argument("--hvp-epsilon", type=finite_float, default=None, metavar="ANGSTROM",
+                        help="central-difference step (default: 0.01 Å, chosen from a measured scan)")
     parser.add_argument("--compact-interval", type=finite_float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -55,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         retry_failures=args.retry_failures,
         progress=not args.quiet,
         **given(args, batch_size="batch_size", commit_interval="commit_interval",
-                compact_interval="compact_interval"),
+                compact_interval="compact_interval", hvp_fraction="hvp_fraction", hvp_probes="hvp_probes",
+                hvp_epsilon="hvp_epsilon"),
     )
     shard = f" of shard {args.shard}" if args.shard else ""
     tried = report.labelled_now + len(report.failed_now)
@@ -65,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     )
     done = f"{report.done}/{report.shard_frames} frames{shard} labelled"
     print(f"{args.out}: {done} ({report.labelled_now} now, {detail})")
+    if report.hvp_frames_now or report.hvp_failed_now:
+        failed = f"; {report.hvp_failed_now} kept without (teacher failed)" if report.hvp_failed_now else ""
+        print(f"curvature labels on {report.hvp_frames_now} frames now{failed}; "
+              f"{report.teacher_calls} teacher calls in this run")
     if report.failed_total:
         print(
             f"{len(report.failed_total)} frames failed and were skipped "

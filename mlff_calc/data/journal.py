@@ -41,8 +41,8 @@ import numpy as np
 from ..errors import DataError
 from ..io import DirectoryLock, atomic_write, commit, temporary_path
 from .reader import DatasetReader, read_header
-from .schema import (CHUNK, FORMAT, FORMAT_VERSION, SCHEMA, UNITS, frames_to_arrays, journal_batches,
-                     journal_dir)
+from .schema import (CHUNK, FORMAT, FORMAT_VERSION, HVP_SCHEMA, HVP_UNITS, SCHEMA, UNITS, frames_to_arrays,
+                     journal_batches, journal_dir)
 
 def _temporary(path: Path) -> Path:
     """A unique temporary name next to ``path``, with the permissions a newly created file gets."""
@@ -65,15 +65,13 @@ def _create(path: Path, teacher: dict[str, Any], provenance: dict[str, Any]) -> 
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["units"] = json.dumps(UNITS)
+        f.attrs["units"] = json.dumps(UNITS)  # curvature units join with the first curvature labels
         f.attrs["teacher"] = json.dumps(teacher, sort_keys=True)
         f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
         f.attrs["uid"] = uuid.uuid4().hex
         f.attrs["journal_seq"] = 0
         for name, (per, tail, dtype) in SCHEMA.items():
-            f.create_dataset(
-                name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype, chunks=(CHUNK[per], *tail)
-            )
+            _create_column(f, name, per, tail, dtype)
         f.create_dataset("failures/input_index", shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,))
         f.create_dataset(
             "failures/reason", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,)
@@ -81,10 +79,49 @@ def _create(path: Path, teacher: dict[str, Any], provenance: dict[str, Any]) -> 
     commit(tmp, path)
 
 
+def _create_column(f: h5py.File, name: str, per: str, tail: tuple[int, ...], dtype: str) -> None:
+    f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype, chunks=(CHUNK[per], *tail))
+
+
+def _append_hvp(f: h5py.File, n_before: int, loaded: list[dict[str, np.ndarray]]) -> None:
+    """Append the batches' curvature labels (if any), their structure rows shifted to rows of the file.
+
+    A file without ``hvp*`` datasets (older, or no probes yet) gets them here, with their units."""
+    columns, offset = {name: [] for name in HVP_SCHEMA}, n_before
+    for data in loaded:  # batches written before curvature labels existed have no hvp keys
+        if "labels.hvp_structure" in data:
+            for name in HVP_SCHEMA:
+                columns[name].append(data[name.replace("/", ".")])
+            columns["labels/hvp_structure"][-1] = columns["labels/hvp_structure"][-1] + offset
+        offset += len(data["structures.n_atoms"])
+    if not any(len(c) for cols in columns.values() for c in cols):
+        return
+    for name, (per, tail, dtype) in HVP_SCHEMA.items():
+        if name not in f:
+            _create_column(f, name, per, tail, dtype)
+        _append(f[name], np.concatenate(columns[name]))
+    units = json.loads(f.attrs["units"])
+    if any(units.get(k) != v for k, v in HVP_UNITS.items()):
+        f.attrs["units"] = json.dumps(units | HVP_UNITS)
+
+
 def _append(ds: h5py.Dataset, values: np.ndarray) -> None:
     n0 = ds.shape[0]
     ds.resize(n0 + len(values), axis=0)
     ds[n0:] = values
+
+
+def _check_hvp(hvp: dict[str, Any], n: int, index) -> None:
+    """Curvature labels of one frame: ``probes``/``values`` ``(k, n, 3)``, ``epsilon (k,)``, all finite."""
+    k = len(np.ravel(hvp["epsilon"]))
+    for key in ("probes", "values"):
+        if k < 1 or np.shape(hvp[key]) != (k, n, 3):
+            raise DataError(f"frame {index}: hvp {key} has shape {np.shape(hvp[key])}, "
+                            f"expected ({k}, {n}, 3)")
+    if not all(np.all(np.isfinite(hvp[key])) for key in ("probes", "values", "epsilon")):
+        raise DataError(f"frame {index}: non-finite curvature (hvp) labels are never stored")
+    if not np.all(np.ravel(hvp["epsilon"]) > 0):
+        raise DataError(f"frame {index}: hvp epsilon must be > 0 Å")
 
 
 class DatasetWriter:
@@ -171,6 +208,8 @@ class DatasetWriter:
             raise DataError(
                 f"frame {frame.get('input_index')}: non-finite positions or cell are never stored"
             )
+        if frame.get("hvp") is not None:
+            _check_hvp(frame["hvp"], n, frame.get("input_index"))
         self._pending.append({k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in frame.items()})
 
     def add_failure(self, input_index: int, reason: str) -> None:
@@ -221,8 +260,10 @@ class DatasetWriter:
             tmp = _temporary(self.path)
             shutil.copyfile(self.path, tmp)
             with h5py.File(tmp, "r+") as f:
+                n_before = f["structures/n_atoms"].shape[0]
                 for name in SCHEMA:  # one resize per dataset, however many batches
                     _append(f[name], np.concatenate([data[name.replace("/", ".")] for data in loaded]))
+                _append_hvp(f, n_before, loaded)
                 self._merge_failures(f, loaded)
                 f.attrs["journal_seq"] = last
             commit(tmp, self.path)  # the new file is whole; the old one stays until this instant

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .schema import (FORMAT, FORMAT_VERSION, OPTIONAL, SCHEMA, UNITS, journal_batches, journal_dir, json_attr,
-                     open_h5)
+from .schema import (FORMAT, FORMAT_VERSION, HVP_SCHEMA, HVP_UNITS, OPTIONAL, SCHEMA, UNITS, journal_batches,
+                     journal_dir, json_attr, open_h5)
 
 
 def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -74,6 +74,7 @@ def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
                     f"{path}: /{name} has {f[name].shape[0]} rows, expected {want} "
                     f"(one per {per}); the file is inconsistent"
                 )
+    _validate_hvp(f, path, n_atoms, units)
     return {
         "format": fmt,
         "format_version": version,
@@ -83,6 +84,30 @@ def _validate(f: h5py.File, path: Path) -> dict[str, Any]:
         "uid": str(f.attrs.get("uid", "")),
         "journal_seq": int(f.attrs.get("journal_seq", 0)),
     }
+
+
+def _validate_hvp(f: h5py.File, path: Path, n_atoms: np.ndarray, units: dict) -> None:
+    """The optional curvature labels: all four datasets or none, consistent rows, units recorded."""
+    present = [name for name in HVP_SCHEMA if name in f]
+    if not present:
+        return
+    if len(present) != len(HVP_SCHEMA):
+        missing = sorted(set(HVP_SCHEMA) - set(present))
+        raise DataError(f"{path}: curvature labels are incomplete: missing "
+                        + ", ".join("/" + m for m in missing))
+    for key, unit in HVP_UNITS.items():
+        if units.get(key) != unit:
+            raise DataError(f"{path}: {key} is in {units.get(key)!r}, expected {unit!r}")
+    structure = f["labels/hvp_structure"][()]
+    if f["labels/hvp_epsilon"].shape != structure.shape:
+        raise DataError(f"{path}: /labels/hvp_epsilon and /labels/hvp_structure differ in length")
+    if len(structure) and (structure.min() < 0 or structure.max() >= len(n_atoms)):
+        raise DataError(f"{path}: /labels/hvp_structure points outside the {len(n_atoms)} structures")
+    rows = int(n_atoms[structure].sum()) if len(structure) else 0
+    for name in ("labels/hvp_probe", "labels/hvp"):
+        if f[name].shape != (rows, 3):
+            raise DataError(f"{path}: /{name} has shape {f[name].shape}, expected ({rows}, 3) "
+                            "(n_atoms rows per probe)")
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -110,6 +135,9 @@ class DatasetReader:
                 if "structures/input_index" in f
                 else np.arange(n, dtype=np.int64)
             )
+            # (P,) structure row of each curvature probe; empty for a file without them
+            self.hvp_structure = (f["labels/hvp_structure"][()].astype(np.int64)
+                                  if "labels/hvp_structure" in f else np.zeros(0, dtype=np.int64))
             if "failures/input_index" in f:
                 self.failed_index = f["failures/input_index"][()].astype(np.int64)
                 self.failed_reason = [
@@ -120,6 +148,11 @@ class DatasetReader:
         self.offsets = np.concatenate([[0], np.cumsum(self.n_atoms)]).astype(np.int64)  # (S+1,)
 
     teacher = property(lambda self: self.header["teacher"])
+
+    @property
+    def n_probes(self) -> np.ndarray:
+        """``(S,)`` curvature probes stored for each structure (0 for most, or all)."""
+        return np.bincount(self.hvp_structure, minlength=len(self)).astype(np.int64)
     provenance = property(lambda self: self.header["provenance"])
 
     def __len__(self) -> int:
@@ -162,12 +195,26 @@ class DatasetReader:
             "forces": f["labels/forces"][a:b],
             "stress": f["labels/stress"][i],
             "input_index": int(self.input_index[i]),
+            "hvp": self.hvp(i),
         }
 
+    def hvp(self, i: int) -> dict[str, np.ndarray] | None:
+        """Curvature labels of structure ``i`` (``probes``/``values`` ``(k, n, 3)``, ``epsilon (k,)``) or None."""
+        mine = np.flatnonzero(self.hvp_structure == i)
+        if not len(mine):
+            return None
+        f, n = self._file(), int(self.n_atoms[i])
+        rows = np.concatenate([[0], np.cumsum(self.n_atoms[self.hvp_structure])])
+        take = np.concatenate([np.arange(rows[p], rows[p] + n) for p in mine])
+        return {"probes": f["labels/hvp_probe"][take].reshape(len(mine), n, 3),
+                "values": f["labels/hvp"][take].reshape(len(mine), n, 3),
+                "epsilon": f["labels/hvp_epsilon"][mine]}
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """Every column of ``SCHEMA`` in memory (input_index filled in when the file lacks it)."""
+        """Every column of ``SCHEMA`` (and ``HVP_SCHEMA``, when present) in memory (input_index filled in
+        when the file lacks it)."""
         f = self._file()
-        out = {name: f[name][()] for name in SCHEMA if name in f}
+        out = {name: f[name][()] for name in (*SCHEMA, *HVP_SCHEMA) if name in f}
         out["structures/input_index"] = self.input_index
         return out
 

@@ -11,9 +11,17 @@ Layout (DESIGN.md), ``S`` structures with ``A`` atoms in total, ``F`` failed fra
     /labels/energy             (S,)       float64  eV
     /labels/forces             (A, 3)     float64  eV/Å
     /labels/stress             (S, 3, 3)  float64  eV/Å³, NaN where the teacher gives none
+    /labels/hvp_structure      (P,)       int64    optional curvature labels: structure row of each probe
+    /labels/hvp_epsilon        (P,)       float64  Å, the central-difference step of each probe
+    /labels/hvp_probe          (Q, 3)     float64  probe directions v, unit norm over each probe's 3n values
+    /labels/hvp                (Q, 3)     float64  eV/Å², H v (the teacher's Hessian times v)
     /failures/input_index      (F,)       int64    input frames the teacher failed on ...
     /failures/reason           (F,)       str      ... and why
     attrs: format, format_version, units (JSON), teacher (JSON), provenance (JSON), uid, journal_seq
+
+``P`` probes; a probe of a structure with ``n`` atoms has ``n`` rows of ``hvp_probe`` and ``hvp``, in probe
+order (``Q = Σ_p n_atoms[hvp_structure[p]]``). The four ``hvp*`` datasets are optional (``HVP_SCHEMA``): a
+file without them reads and trains as before, and they are created when the first probe is stored.
 
 Readers are in :mod:`.reader`, the crash-safe writer in :mod:`.journal`; :mod:`.hdf5` gathers both.
 """
@@ -48,8 +56,17 @@ SCHEMA: dict[str, tuple[str, tuple[int, ...], str]] = {
     "labels/forces": ("atom", (3,), "float64"),
     "labels/stress": ("structure", (3, 3), "float64"),
 }
+# Curvature labels (teachers/hvp.py): rows per "probe" or per "probe_atom" (n_atoms rows of each probe).
+HVP_SCHEMA: dict[str, tuple[str, tuple[int, ...], str]] = {
+    "labels/hvp_structure": ("probe", (), "int64"),
+    "labels/hvp_epsilon": ("probe", (), "float64"),
+    "labels/hvp_probe": ("probe_atom", (3,), "float64"),
+    "labels/hvp": ("probe_atom", (3,), "float64"),
+}
+HVP_UNITS = {"hvp": "eV/Angstrom^2", "hvp_epsilon": "Angstrom", "hvp_probe": "1 (unit vector)"}
 OPTIONAL = {"structures/input_index"}  # files from other producers may lack it: 0..S-1 then
-CHUNK = {"atom": 1024, "structure": 256}  # ~24 kB per chunk: cheap random access
+# ~24 kB per chunk: cheap random access
+CHUNK = {"atom": 1024, "structure": 256, "probe": 256, "probe_atom": 1024}
 BATCH_RE = re.compile(r"^(\d{9})\.npz$")
 
 
@@ -94,7 +111,9 @@ def frames_to_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Concatenate frame dicts into the column arrays of ``SCHEMA``.
 
     A frame: ``atomic_numbers (n,)``, ``positions (n, 3)`` Å, ``cell (3, 3)`` Å, ``pbc (3,)``,
-    ``energy`` eV, ``forces (n, 3)`` eV/Å, ``stress (3, 3)`` eV/Å³ or None, ``input_index`` int.
+    ``energy`` eV, ``forces (n, 3)`` eV/Å, ``stress (3, 3)`` eV/Å³ or None, ``input_index`` int, and
+    optionally ``hvp``: ``{"probes": (k, n, 3), "values": (k, n, 3) eV/Å², "epsilon": (k,) Å}``. The
+    ``HVP_SCHEMA`` columns come out with ``labels/hvp_structure`` counted from 0 in ``frames``.
     """
 
     def column(values, shape, dtype):  # list of per-frame values -> one (rows, *shape) array
@@ -106,6 +125,18 @@ def frames_to_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         )
 
     nan33 = np.full((3, 3), np.nan)
+    probed = [(s, f["hvp"]) for s, f in enumerate(frames) if f.get("hvp") is not None]
+
+    def probe_rows(key):  # (k, n, 3) per probed frame -> (Q, 3)
+        rows = [np.reshape(h[key], (-1, 3)) for _, h in probed]
+        return column(np.concatenate(rows) if rows else [], (3,), "float64")
+
+    hvp = {
+        "labels/hvp_structure": column([s for s, h in probed for _ in np.ravel(h["epsilon"])], (), "int64"),
+        "labels/hvp_epsilon": column([e for _, h in probed for e in np.ravel(h["epsilon"])], (), "float64"),
+        "labels/hvp_probe": probe_rows("probes"),
+        "labels/hvp": probe_rows("values"),
+    }
     return {
         "structures/atomic_numbers": column(
             np.concatenate([np.ravel(f["atomic_numbers"]) for f in frames]) if frames else [], (), "int64"
@@ -120,4 +151,4 @@ def frames_to_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         "labels/stress": column(
             [nan33 if f.get("stress") is None else f["stress"] for f in frames], (3, 3), "float64"
         ),
-    }
+    } | hvp

@@ -11,6 +11,9 @@ Item (one structure of ``n`` atoms; keys from :mod:`mlff_calc._keys`)::
     energy         (1,)       float | eV
     forces         (n, 3)     float | eV/Å
     stress         (1, 3, 3)  float | eV/Å³, NaN where the teacher gave none
+    hvp_probes     (n, K, 3)  float | only when the file has curvature labels (K: most probes of any
+    hvp            (n, K, 3)  float | eV/Å²  structure; zeros past this structure's own count)
+    n_probes       (1,)       int64
 
 ``collate`` concatenates ``B`` items into one batch with ``N`` atoms: the per-structure tensors become
 ``(B, ...)``, the per-atom ones ``(N, ...)``, and ``batch (N,)`` says which structure each atom is in.
@@ -50,6 +53,13 @@ class H5Dataset(torch.utils.data.Dataset):
         self.reader = path if isinstance(path, DatasetReader) else DatasetReader(path)
         self.dtype = dtype
         self._arrays = self.reader.arrays() if preload else None
+        # Curvature labels: probe p of structure s has rows probe_rows[p]:probe_rows[p] + n_atoms[s].
+        probed = self.reader.hvp_structure
+        self.max_probes = int(self.reader.n_probes.max()) if len(probed) else 0
+        self._probe_rows = np.concatenate([[0], np.cumsum(self.reader.n_atoms[probed])]).astype(np.int64)
+        self._probes_of = {}
+        for p, s in enumerate(probed.tolist()):
+            self._probes_of.setdefault(s, []).append(p)
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -69,12 +79,24 @@ class H5Dataset(torch.utils.data.Dataset):
             "stress": a["labels/stress"][i],
         }
 
+    def _hvp(self, i: int, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(probes (n, K, 3), hvp (n, K, 3), count)`` of structure ``i``, zero-padded to K."""
+        probes, values = np.zeros((2, n, self.max_probes, 3))
+        mine = self._probes_of.get(i, [])
+        columns = self._arrays if self._arrays is not None else self.reader._file()
+        for k, p in enumerate(mine):
+            rows = slice(self._probe_rows[p], self._probe_rows[p + 1])
+            probes[:, k] = columns["labels/hvp_probe"][rows]
+            values[:, k] = columns["labels/hvp"][rows]
+        return probes, values, len(mine)
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} structures")
-        fr = self._frame(int(i) % len(self))
+        i = int(i) % len(self)
+        fr = self._frame(i)
         real = dict(dtype=self.dtype)
-        return {
+        item = {
             K.ATOMIC_NUMBERS: torch.as_tensor(np.asarray(fr["atomic_numbers"], dtype=np.int64)),
             K.POSITIONS: torch.tensor(fr["positions"], dtype=torch.float64),
             K.CELL: torch.tensor(fr["cell"], dtype=torch.float64).reshape(1, 3, 3),
@@ -84,6 +106,12 @@ class H5Dataset(torch.utils.data.Dataset):
             K.FORCES: torch.tensor(fr["forces"], **real),
             K.STRESS: torch.tensor(fr["stress"], **real).reshape(1, 3, 3),
         }
+        if self.max_probes:
+            probes, values, count = self._hvp(i, len(fr["atomic_numbers"]))
+            item[K.HVP_PROBES] = torch.tensor(probes, **real)
+            item[K.HVP] = torch.tensor(values, **real)
+            item[K.N_PROBES] = torch.tensor([count], dtype=torch.int64)
+        return item
 
 
 def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = None) -> dict[str, torch.Tensor]:
@@ -97,7 +125,8 @@ def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = Non
     """
     if not items:
         raise ValueError("cannot collate an empty list of structures")
-    out = {key: torch.cat([it[key] for it in items]) for key in (*_PER_ATOM, *_PER_STRUCTURE)}
+    keys = (*_PER_ATOM, *_PER_STRUCTURE) + ((K.HVP_PROBES, K.HVP, K.N_PROBES) if K.HVP in items[0] else ())
+    out = {key: torch.cat([it[key] for it in items]) for key in keys}
     out[K.BATCH] = torch.repeat_interleave(torch.arange(len(items)), out[N_ATOMS])
     if cutoff is not None:
         from ..graph import build_graph

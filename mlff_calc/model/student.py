@@ -195,16 +195,27 @@ class StudentForceField(nn.Module):
         graph: Graph | dict,
         compute_forces: bool = True,
         compute_stress: bool = False,
+        probe: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energy ``(B,)``, per-atom energies ``(N,)``, forces ``(N, 3)`` and (optionally) stress and
         virial ``(B, 3, 3)`` of the structures in ``graph`` (see :class:`~mlff_calc.graph.Graph`).
+        With ``probe (N, 3)`` also ``hvp (N, 3)`` eV/Å², the Hessian times the probe (:mod:`.curvature`).
 
         Convenience: a dict of raw inputs (keys of :mod:`mlff_calc._keys`) goes through :meth:`prepare`,
         the same builder as everywhere else; a dict with a ``graph`` entry (training batches) uses it.
         """
         if not isinstance(graph, Graph):
             graph = graph[K.GRAPH] if K.GRAPH in graph else self.prepare(graph)
-        if compute_forces or compute_stress:
+        hvp = None
+        if probe is not None:
+            from .curvature import forces_and_hvp
+
+            self._check_graph(graph)
+            energies, forces, edge_grad, hvp = forces_and_hvp(self, graph, probe)
+            virial = None
+            if compute_stress:
+                virial = -strain_derivative_from_edges(graph, graph.vectors, edge_grad)
+        elif compute_forces or compute_stress:
             energies, forces, virial = self.inference(graph, want_stress=compute_stress)
         else:
             self._check_graph(graph)
@@ -212,6 +223,8 @@ class StudentForceField(nn.Module):
         out = {K.ENERGY: structure_energies(energies, graph), K.ENERGIES: energies}
         if compute_forces:
             out[K.FORCES] = forces
+        if hvp is not None:
+            out[K.HVP] = hvp
         if virial is not None:
             out[K.STRESS] = stress_from_virial(virial, graph.cell, graph.pbc)
             out[K.VIRIAL] = virial

@@ -256,6 +256,7 @@ def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]
                                       "energy_mae_ev_per_atom")},
         **{k: speed.get(k) for k in ("student_ms_per_call", "teacher_ms_per_call", "speed_ratio")},
         "nve": drifts,
+        "frequencies": info.get("vibrations", {}).get("summary"),  # cm⁻¹, student vs teacher (molecules)
         "md_steps": ctx.recipe["md"]["steps"],
         "md_timestep_fs": ctx.recipe["md"]["timestep"],
         "checkpoint": str(ctx.path("student.pt")),
@@ -292,6 +293,10 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{num(d['worst_drift_mev_per_atom_ps'], '+.3f', ' meV/atom/ps')} "
                      f"({d['worst_structure']}), "
                      f"max |ΔE| {num(d['max_deviation_mev_per_atom'], '.3f', ' meV/atom')}")
+    freq = s.get("frequencies") or {}
+    if freq.get("modes"):
+        lines.append(f"  frequencies           MAE {freq['mae_cm1']:.2f} cm⁻¹, max {freq['max_error_cm1']:.2f} cm⁻¹ "
+                     f"vs teacher over {freq['modes']} modes of {freq['seeds']} molecule(s)")
     lines += report_lines(s.get("gates"))
     lines += [f"  student               {s['checkpoint']}",
               f"  report                {s['report']}"]

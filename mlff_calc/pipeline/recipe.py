@@ -6,7 +6,8 @@ Sections (each key documented in ``mlff_calc/recipes/standard.yaml``)::
                 friction (1/fs), warmup (steps), rattle (Å), strain, seed       -> SamplingConfig
     heldout:    independent evaluation trajectories: frames (per seed), seed (!= sampling.seed),
                 temperatures (K; null = sampling's); everything else as in sampling
-    labelling:  batch_size (frames per commit), commit_interval (s)
+    labelling:  batch_size (frames per commit), commit_interval (s), hvp_fraction (frames with curvature
+                labels, 0 = off), hvp_probes (per such frame, 2 teacher calls each), hvp_epsilon (Å)
     training:   the training schema (model / data / loss / optim / run, as ``mlff-calc train --config``);
                 data.path and run.out belong to distill and are refused here; run.num_threads also
                 sets torch's threads for the evaluation and the MD check
@@ -61,10 +62,21 @@ class HeldoutConfig:
 class LabellingConfig:
     batch_size: int  # frames per commit
     commit_interval: float  # s
+    hvp_fraction: float  # of the training frames, also labelled with Hessian-vector products; 0 = off
+    hvp_probes: int  # probe directions per such frame (2 teacher calls each)
+    hvp_epsilon: float  # Å, central-difference step
 
     def checks(self):
         return [("batch_size", self.batch_size >= 1, "must be >= 1"),
-                ("commit_interval", self.commit_interval > 0, "must be > 0 seconds")]
+                ("commit_interval", self.commit_interval > 0, "must be > 0 seconds"),
+                ("hvp_fraction", 0 <= self.hvp_fraction <= 1, "must be in [0, 1]"),
+                ("hvp_probes", self.hvp_probes >= 1, "must be >= 1"),
+                ("hvp_epsilon", 0 < self.hvp_epsilon <= 0.1, "must be in (0, 0.1] Å")]
+
+
+# Keys added after run directories already existed: a RUN_DIR/recipe.yaml written before them ran with
+# these values (curvature off), so they are taken as given there rather than refusing the old run.
+_NEWER_KEYS = {"labelling": {"hvp_fraction": 0.0, "hvp_probes": 2, "hvp_epsilon": 0.01}}
 
 
 @dataclass
@@ -194,6 +206,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         section, name = key.split(".")
         if isinstance(raw.get("training"), dict) and name in (raw["training"].get(section) or {}):
             raise InputError(f"recipe training.{key}: set by distill (RUN_DIR), remove it from the recipe")
+    raw = {**raw, **{s: {**keys, **raw[s]} for s, keys in _NEWER_KEYS.items() if isinstance(raw[s], dict)}}
     kinds = {"sampling": _sampling_config_class(), "heldout": HeldoutConfig, "labelling": LabellingConfig,
              "evaluation": EvaluationConfig, "md": MDCheckConfig}
     sections = {name: schema.from_dict(kind, raw[name], label="recipe", prefix=f"{name}.", required=True)

@@ -1,4 +1,4 @@
-"""The distill stages: sample -> heldout -> label -> label_heldout -> train -> evaluate -> md.
+"""The distill stages: sample -> heldout -> label -> label_heldout -> train -> evaluate -> md -> vibrations.
 
 Each stage is a :class:`Stage`: the settings it hashes, the stages it depends on, the paths it owns
 (relative to RUN_DIR) and a ``run(ctx) -> info`` function whose ``info`` goes into ``state.json``.
@@ -12,6 +12,7 @@ Outputs of every stage (paths below RUN_DIR)::
     student.pt                      train: copy of train/student.pt (the best EMA weights)
     report/                         evaluate: evaluate.md (its section), figures, metrics.json
     md/                             md: md.json, report.md (its section), one .traj/.log per seed and dtype
+    vibrations/                     vibrations: student vs teacher harmonic frequencies (molecules <= 30 atoms)
     report/report.md                assembled by distill from the stages' sections, in stage order
 """
 
@@ -138,9 +139,11 @@ def _label(ctx: Context, name: str) -> dict:
     from ..workflow.labelling import label_file
 
     lab = ctx.recipe["labelling"]
+    # curvature labels for training frames only: the held-out set measures forces as before
+    curvature = {k: v for k, v in lab.items() if k.startswith("hvp_")} if name == "train" else {}
     report = label_file(ctx.path(f"frames/{name}.extxyz"), ctx.path(f"data/{name}.h5"), ctx.teacher,
                         ctx.teacher_options, batch_size=lab["batch_size"],
-                        commit_interval=lab["commit_interval"], progress=ctx.progress)
+                        commit_interval=lab["commit_interval"], progress=ctx.progress, **curvature)
     if report.done == 0:
         reasons = sorted(set(report.failed_total.values()))[:3]
         raise TeacherError(f"the teacher failed on every frame of frames/{name}.extxyz: {'; '.join(reasons)}")
@@ -148,11 +151,15 @@ def _label(ctx: Context, name: str) -> dict:
         ctx.log(f"  {len(report.failed_total)} of {report.shard_frames} frames failed in the teacher and are "
                 f"skipped (reasons in data/{name}.h5 /failures)")
     return {"labelled": report.done, "labelled_now": report.labelled_now, "failed": len(report.failed_total),
-            "frames": report.shard_frames, "file": f"data/{name}.h5"}
+            "frames": report.shard_frames, "file": f"data/{name}.h5",
+            "teacher_calls_now": report.teacher_calls, "hvp_frames_now": report.hvp_frames_now}
 
 
-def _label_key(ctx: Context) -> dict:
+def _label_key(ctx: Context, curvature: bool = False) -> dict:
     # batch_size / commit_interval change how often labels are committed, never the labels.
+    lab = ctx.recipe["labelling"]
+    if curvature and lab["hvp_fraction"] > 0:  # off: the key of runs made before curvature labels existed
+        return {"teacher": ctx.teacher_spec(), "hvp": {k: v for k, v in lab.items() if k.startswith("hvp_")}}
     return {"teacher": ctx.teacher_spec()}
 
 
@@ -173,7 +180,10 @@ def _train_sections(ctx: Context, picked: dict[str, tuple[str, ...]], keep: bool
 
 def _train_key(ctx: Context) -> dict:
     skip = {s: _TRAIN_UNHASHED.get(s, ()) + _TRAIN_CONTINUABLE.get(s, ()) for s in ctx.recipe["training"]}
-    return _train_sections(ctx, skip, keep=False)
+    key = _train_sections(ctx, skip, keep=False)
+    if key["loss"].get("hvp_weight") == 0:  # off: the key of runs made before the curvature term existed
+        del key["loss"]["hvp_weight"]
+    return key
 
 
 def _train_continuable(ctx: Context) -> dict:
@@ -325,6 +335,13 @@ def md_section(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _vibrations(ctx: Context) -> dict:
+    from .vibrations import run_vibrations
+
+    with _torch_threads(ctx):
+        return run_vibrations(ctx)
+
+
 def assemble_report(run_dir: Path) -> Path | None:
     """``report/report.md`` = the sections the stages wrote, in stage order (each stage owns its section
     file and rewrites only that; nothing edits another stage's output). None before the evaluation ran."""
@@ -344,7 +361,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("heldout", "sample held-out frames (independent trajectories)", (), ("frames/heldout.extxyz",),
           key=lambda ctx: _sample_key(ctx, heldout=True), run=lambda ctx: _sample(ctx, heldout=True)),
     Stage("label", "label training frames", ("sample",), ("data/train.h5", "data/train.h5.journal"),
-          key=_label_key, run=lambda ctx: _label(ctx, "train")),
+          key=lambda ctx: _label_key(ctx, curvature=True), run=lambda ctx: _label(ctx, "train")),
     Stage("label_heldout", "label held-out frames", ("heldout",),
           ("data/heldout.h5", "data/heldout.h5.journal"), key=_label_key,
           run=lambda ctx: _label(ctx, "heldout")),
@@ -355,4 +372,8 @@ STAGES: tuple[Stage, ...] = (
     # After evaluate, so that the sections of report/report.md always come from the same run.
     Stage("md", "student NVE stability check", ("train", "evaluate"), ("md",), key=_md_key, run=_md,
           keep_old=False, section="md/report.md"),
+    Stage("vibrations", "harmonic frequencies, student vs teacher (molecules)", ("train",), ("vibrations",),
+          key=lambda ctx: {"teacher": ctx.teacher_spec(), "seeds": ctx.seeds_sha256,
+                           "student": _student_sha256(ctx)},
+          run=_vibrations, keep_old=False, section="vibrations/report.md"),
 )

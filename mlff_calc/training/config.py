@@ -53,6 +53,9 @@ class LossConfig:
     energy_weight: float = 1.0  # on per-atom energy (eV/atom)
     force_weight: float = 10.0  # on force components (eV/Å); 0 = energy-only training
     stress_weight: float = 100.0  # on stress components (eV/Å³, ~100x smaller numbers); NaN = unlabelled
+    # on Hessian-vector product components (eV/Å²) of frames with curvature labels (labelling.hvp_fraction);
+    # 0 = off: no second derivative, today's cost per step
+    hvp_weight: float = 0.0
 
 
 @dataclass
@@ -115,6 +118,7 @@ class TrainConfig:
             ("loss.energy_weight", lo.energy_weight >= 0, "must be >= 0"),
             ("loss.force_weight", lo.force_weight >= 0, "must be >= 0"),
             ("loss.stress_weight", lo.stress_weight >= 0, "must be >= 0"),
+            ("loss.hvp_weight", lo.hvp_weight >= 0, "must be >= 0"),
             ("loss.energy_weight", lo.energy_weight + lo.force_weight > 0,
              "and loss.force_weight cannot both be 0"),
             ("optim.lr", o.lr > 0, "must be > 0"),
@@ -191,7 +195,8 @@ def incompatible_settings(old: dict[str, Any], new: TrainConfig) -> list[str]:
     for section, values in new.to_dict().items():
         for key, value in values.items():
             dotted = f"{section}.{key}"
-            before = old.get(section, {}).get(key, "<missing>")
+            # a setting newer than the run (e.g. loss.hvp_weight) ran at its default
+            before = old.get(section, {}).get(key, getattr(getattr(TrainConfig(), section), key))
             if dotted not in RESUMABLE_CHANGES and before != value:
                 diffs.append(f"{dotted}: {before!r} -> {value!r}")
     return diffs

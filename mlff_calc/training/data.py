@@ -143,6 +143,7 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
         "n_atoms_min": int(reader.n_atoms.min()), "n_atoms_max": int(reader.n_atoms.max()),
         "elements": sorted(int(z) for z in np.unique(numbers)),
         "has_forces": has_forces, "stress_frames": int(np.isfinite(stress).all(axis=1).sum()),
+        "hvp_frames": int((reader.n_probes > 0).sum()), "hvp_probes": len(reader.hvp_structure),
     }
     dataset = H5Dataset(reader, dtype=dtype, preload=True)
     reader.close()  # everything is in memory now; leave the file free for writers

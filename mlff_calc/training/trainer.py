@@ -35,7 +35,7 @@ from ..utils import resolve_device, resolve_dtype
 from .config import TrainConfig, config_from_dict, dump_config, incompatible_settings, load_config
 from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader
 from .distributed import Distributed, init_distributed, parameters_in_sync, shutdown
-from .loss import ErrorSums, batch_loss
+from .loss import ErrorSums, batch_loss, combined_probe
 from .optim import EMA, LRSchedule
 from .report import plot_learning_curve, write_json, write_metrics_csv
 from .rundir import locked_run_dir
@@ -109,6 +109,10 @@ class _Trainer:
             cfg.data.batch_size = per_process
         self.use_forces = self.data.has_forces and cfg.loss.force_weight > 0
         self.use_stress = self.data.has_stress and cfg.loss.stress_weight > 0
+        self.use_hvp = self.data.dataset.max_probes > 0 and cfg.loss.hvp_weight > 0
+        if cfg.loss.hvp_weight > 0 and not self.use_hvp:
+            warnings.warn(f"loss.hvp_weight is {cfg.loss.hvp_weight} but {cfg.data.path} has no curvature "
+                          "labels (label with hvp_fraction > 0); training on the other terms", stacklevel=3)
         state = self._read_state()
 
         torch.manual_seed(cfg.run.seed)  # the initial weights are a function of the seed alone
@@ -233,13 +237,21 @@ class _Trainer:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return float(t.item())
 
+    def _predict(self, net, batch: dict, compute_forces: bool, random_probes: bool) -> dict:
+        """The model's outputs for ``batch``; with curvature labels in use, also ``hvp`` of one combined
+        probe per structure (its label goes into ``batch`` as ``hvp_target``)."""
+        probe = None
+        if self.use_hvp and bool(batch[K.N_PROBES].any()):  # no probed frame in the batch: no 2nd derivative
+            probe, batch[K.HVP_TARGET] = combined_probe(batch, random=random_probes)
+        return net(batch[K.GRAPH], compute_forces=compute_forces, compute_stress=self.use_stress, probe=probe)
+
     def evaluate(self, model: StudentForceField, loader) -> dict[str, float]:
         """Errors of ``model`` over ``loader`` (summed over processes)."""
         model.eval()
         sums = ErrorSums(self.device)
         for batch in loader:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            pred = model(batch[K.GRAPH], compute_forces=self.data.has_forces, compute_stress=self.use_stress)
+            pred = self._predict(model, batch, self.data.has_forces, random_probes=False)
             sums.add(pred, batch)
         self.d.all_reduce_sum(sums.sums)
         return sums.metrics(self.cfg.loss)
@@ -262,7 +274,7 @@ class _Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            pred = self.net(batch[K.GRAPH], compute_forces=self.use_forces, compute_stress=self.use_stress)
+            pred = self._predict(self.net, batch, self.use_forces, random_probes=True)
             loss = batch_loss(pred, batch, cfg.loss, self.use_forces, self.use_stress)
             if not torch.isfinite(loss):
                 raise ModelOutputError(f"epoch {epoch}, step {p['step']}: the loss is {loss.item()}; "

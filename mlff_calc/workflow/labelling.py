@@ -3,7 +3,13 @@
 Each input frame is labelled at most once, in input order. Frames are committed in small batches (see
 :class:`~mlff_calc.data.journal.DatasetWriter`), so a killed run loses only the frames in flight, and
 re-running the same call resumes: frames already labelled, or already failed, are skipped. The file
-records the teacher, the input fingerprint and the shard, and a resumed run refuses to mix in others.
+records the teacher, the input fingerprint, the shard and the curvature settings, and a resumed run refuses
+to mix in others.
+
+Curvature labels (``hvp_fraction > 0``): a fixed, seeded choice of that fraction of the input frames also
+gets ``hvp_probes`` random orthonormal probe directions and the teacher's Hessian-vector products along
+them by central differences of forces (:func:`mlff_calc.teachers.hvp.fd_hvp`: 2 teacher calls per probe),
+stored with the frame in the same commit.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ class LabelReport:
     failed_now: list[tuple[int, str]] = field(default_factory=list)
     failed_total: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
+    teacher_calls: int = 0  # this call's, all of them: 1 per frame + 2 per curvature probe
+    hvp_frames_now: int = 0  # frames stored with curvature labels in this call
+    hvp_failed_now: int = 0  # frames whose probes failed in the teacher: stored without curvature
 
     @property
     def done(self) -> int:
@@ -64,11 +73,16 @@ def label_file(
     retry_failures: bool = False,
     progress: bool = True,
     compact_interval: float = 60.0,
+    hvp_fraction: float = 0.0,
+    hvp_probes: int = 2,
+    hvp_epsilon: float | None = None,
 ) -> LabelReport:
     """Label every frame of ``structures`` (of shard ``I/N``: index % N == I) with ``teacher`` into ``out``.
 
     Commits after ``batch_size`` frames or ``commit_interval`` seconds, whichever comes first.
     Teacher failures are recorded in ``/failures`` and skipped; ``retry_failures`` tries them again.
+    ``hvp_fraction`` (0..1) of the frames also get ``hvp_probes`` curvature probes at step ``hvp_epsilon``
+    Å (default :data:`mlff_calc.teachers.hvp.DEFAULT_EPSILON`).
     """
     from .. import __version__
     from ..teachers import load_teacher, teacher_spec
@@ -79,6 +93,7 @@ def label_file(
         raise InputError(f"--commit-interval must be > 0 seconds, got {commit_interval}")
     options = dict(options or {})
     shard = parse_shard(shard)
+    hvp = _hvp_settings(hvp_fraction, hvp_probes, hvp_epsilon)
     if same_file(out, structures):
         raise OutputExistsError(f"dataset {out} is also the --structures input; choose another --out")
     frames = read_structures(structures)  # each frame checked (atoms, finite positions, cell): no teacher yet
@@ -89,6 +104,8 @@ def label_file(
         "n_frames": len(frames),
         "shard": list(shard),
     }
+    if hvp is not None:
+        source["hvp"] = hvp
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(21, "is a directory, not a dataset file; give a file name", str(out))
@@ -109,10 +126,42 @@ def label_file(
         report = LabelReport(len(mine), len(labelled), 0)
         if todo:
             calc = load_teacher(teacher, **options)
-            report = _run(frames, todo, calc, writer, report, batch_size, commit_interval, progress)
+            probed = _probed_frames(len(frames), hvp)
+            report = _run(frames, todo, calc, writer, report, batch_size, commit_interval, progress,
+                          probed, hvp)
         report.failed_total = {**failed, **dict(report.failed_now)}
     report.seconds = time.monotonic() - start
     return report
+
+
+def _hvp_settings(fraction: float, probes: int, epsilon: float | None) -> dict[str, Any] | None:
+    """The curvature settings recorded in the file (None when off); ``InputError`` names a bad one."""
+    from ..teachers.hvp import DEFAULT_EPSILON
+
+    if not (np.isfinite(fraction) and 0 <= fraction <= 1):
+        raise InputError(f"hvp_fraction must be in [0, 1] (the fraction of frames with curvature labels), "
+                         f"got {fraction}")
+    if fraction == 0:
+        return None
+    if int(probes) != probes or probes < 1:
+        raise InputError(f"hvp_probes must be a whole number >= 1 (probes per frame), got {probes}")
+    epsilon = DEFAULT_EPSILON if epsilon is None else float(epsilon)
+    if not (np.isfinite(epsilon) and 0 < epsilon <= 0.1):
+        raise InputError(f"hvp_epsilon must be in (0, 0.1] Å, got {epsilon}")
+    return {"fraction": float(fraction), "probes": int(probes), "epsilon": epsilon, "mode": "random",
+            "seed": 0}
+
+
+def _probed_frames(n_frames: int, hvp: dict[str, Any] | None) -> set[int]:
+    """Input frames that get curvature labels: a function of the frame count and settings alone, so a
+    resumed (or sharded) run picks the same ones."""
+    if hvp is None:
+        return set()
+    count = int(round(hvp["fraction"] * n_frames))
+    # A stream of its own: seed 0 alone is also training.data.split_frames', whose first rows are the
+    # training split, so every probed frame would land in training and validation would see no curvature.
+    rng = np.random.default_rng([hvp["seed"], 0x485650])
+    return set(rng.permutation(n_frames)[:count].tolist())
 
 
 def _check_same_job(out: Path, spec: dict[str, Any], source: dict[str, Any]) -> None:
@@ -131,6 +180,9 @@ def _check_same_job(out: Path, spec: dict[str, Any], source: dict[str, Any]) -> 
             f"{source['path']} ({source['n_frames']} frames, sha256 {source['sha256'][:12]}); "
             "use another --out"
         )
+    if old.get("hvp") != source.get("hvp"):
+        raise DataError(f"{out} was labelled with curvature settings {old.get('hvp')}, not {source.get('hvp')}; "
+                        "use the same hvp_* options to resume, or another --out")
     shard = list(old.get("shard") or [0, 1])  # a merged file (shard None) holds the whole input
     if shard != source["shard"]:
         raise DataError(
@@ -147,6 +199,8 @@ def _run(
     batch_size: int,
     commit_interval: float,
     progress: bool,
+    probed: set[int] = frozenset(),
+    hvp: dict[str, Any] | None = None,
 ) -> LabelReport:
     from tqdm.auto import tqdm
 
@@ -166,6 +220,7 @@ def _run(
             atoms = frames[i]
             try:
                 labels = compute_labels(calc, atoms)
+                report.teacher_calls += 1
                 frame = {
                     "atomic_numbers": atoms.numbers,
                     "positions": atoms.positions,
@@ -174,6 +229,8 @@ def _run(
                     "input_index": i,
                     **labels,
                 }
+                if i in probed:
+                    frame["hvp"] = _curvature(calc, atoms, i, hvp, report)
                 writer.add(frame)  # re-checks shapes and finiteness: a wrong label is never written
                 report.labelled_now += 1
             except Exception as exc:  # any teacher failure: record, skip, go on
@@ -189,3 +246,22 @@ def _run(
     finally:
         bar.close()
     return report
+
+
+def _curvature(calc, atoms, index: int, hvp: dict[str, Any], report: LabelReport) -> dict | None:
+    """The frame's probes and the teacher's H v along them; None (frame kept without) if the teacher fails."""
+    from ..teachers.hvp import fd_hvp, probe_directions
+
+    k = min(hvp["probes"], 3 * len(atoms))
+    probes = probe_directions(len(atoms), k, seed=hvp["seed"] * 1_000_003 + index, mode=hvp["mode"])
+    report.teacher_calls += 2 * k  # counted when spent, whether or not they succeed
+    try:
+        values = fd_hvp(calc, atoms, probes, hvp["epsilon"])
+    except Exception:  # the frame's own labels are good; keep them, without curvature
+        report.hvp_failed_now += 1
+        return None
+    if not np.all(np.isfinite(values)):
+        report.hvp_failed_now += 1
+        return None
+    report.hvp_frames_now += 1
+    return {"probes": probes, "values": values, "epsilon": np.full(k, hvp["epsilon"])}

@@ -139,7 +139,8 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
     assert set(s["nve"]) == {"float32", "float64"} and all(d["stable"] for d in s["nve"].values())
     assert "MD stability check" in (run / "report/report.md").read_text()
     # Each stage writes only its own section; report.md is assembled from them in stage order.
-    sections = [(run / rel).read_text() for rel in ("report/evaluate.md", "md/report.md")]
+    sections = [(run / rel).read_text() for rel in ("report/evaluate.md", "md/report.md",
+                                                     "vibrations/report.md")]
     assert "MD stability check" not in sections[0] and "MD stability check" in sections[1]
     assert (run / "report/report.md").read_text() == "\n".join(t.rstrip() + "\n" for t in sections)
     # recipe.yaml is complete (every section) and loads back as a recipe.
@@ -172,7 +173,7 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
         student.shift.add_(0.5)  # eV/atom: every energy moves, forces stay
     student.save(run / "student.pt")
     replaced = distill("emt", [seed_file], run, quiet=True)
-    assert replaced.ran == ["evaluate", "md"]
+    assert replaced.ran == ["evaluate", "md", "vibrations"]
     assert replaced.summary["energy_mae_ev_per_atom"] > again.summary["energy_mae_ev_per_atom"] + 0.4
 
 
@@ -262,14 +263,14 @@ def test_changed_settings_rerun_downstream_and_keep_old_labels(tmp_path, seed_fi
     r = distill("emt", [seed_file], run, recipe=recipe_file(tmp_path, "c.yaml", **{"heldout.frames": 10,
                                                                                    "training.run.epochs": 8}),
                 quiet=True)
-    assert r.ran == ["train", "evaluate", "md"]
+    assert r.ran == ["train", "evaluate", "md", "vibrations"]
     assert r.summary["training"]["epochs"] == 8 and not list((run / "superseded").glob("*/train"))
 
     # A new architecture retrains from scratch; the old run is kept under superseded/.
     r = distill("emt", [seed_file], run, max_time=None,
                 recipe=recipe_file(tmp_path, "d.yaml", **{"heldout.frames": 10, "training.run.epochs": 8,
                                                           "training.model.hidden_dim": 8}), quiet=True)
-    assert r.ran == ["train", "evaluate", "md"]
+    assert r.ran == ["train", "evaluate", "md", "vibrations"]
     assert len(list((run / "superseded").glob("*/train/last.pt"))) == 1
 
     # Another teacher is another key for everything that calls it.
