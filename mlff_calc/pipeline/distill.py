@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from .. import io
 from ..errors import InputError
 from .recipe import dump_recipe, load_recipe, read_yaml
-from .stages import STAGES, Context, assemble_report
+from .stages import STAGES, Context, active_stages, assemble_report
 from .state import RunState, digest
 
 
@@ -129,7 +129,7 @@ def distill(
         _write_seeds(run_dir / "seeds.extxyz", seeds)
         io.write_text(run_dir / "recipe.yaml", _recipe_header(teacher, options) + dump_recipe(config))
         ctx = Context(run_dir, config, teacher, options, seeds, fingerprint([a for _, a in seeds]),
-                      device=device, quiet=quiet)
+                      device=device, quiet=quiet, state=state)
         ran, skipped = _run_stages(ctx, state)
         assemble_report(run_dir)
         summary = make_summary(ctx, state, time.monotonic() - t_start)
@@ -144,13 +144,20 @@ def _run_stages(ctx: Context, state: RunState) -> tuple[list[str], list[str]]:
     digests: dict[str, str] = {}
     ran, skipped = [], []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for number, stage in enumerate(STAGES, 1):
+    stages = active_stages(ctx.recipe)
+    if "onpolicy" in state.stages and len(stages) == len(STAGES):  # rounds set back to 0
+        _supersede(ctx.run_dir, ("onpolicy",), stamp)
+        state.forget([n for n in list(state.stages) if n.startswith("onpolicy")])
+        if ctx.path("train/student.pt").is_file():  # the offline student is the run's student again
+            with io.atomic_path(ctx.path("student.pt")) as tmp:
+                shutil.copyfile(ctx.path("train/student.pt"), tmp)
+    for number, stage in enumerate(stages, 1):
         key = digest({"stage": stage.name, "settings": stage.key(ctx),
                       "deps": {d: digests[d] for d in stage.deps}})
         stage_digest = digest({"key": key, "continue": stage.continuable(ctx)})
         digests[stage.name] = stage_digest
         rec = state.stages.get(stage.name)
-        head = f"[{number}/{len(STAGES)}] {stage.name}: {stage.title}"
+        head = f"[{number}/{len(stages)}] {stage.name}: {stage.title}"
         missing = [rel for rel in stage.outputs  # a journal exists only while labels wait to be folded in
                    if not rel.endswith(".journal") and not (ctx.run_dir / rel).exists()]
         # An input re-made in this call (same settings, e.g. its file was removed) makes outputs built on the
@@ -254,6 +261,8 @@ def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]
                                       "energy_mae_ev_per_atom")},
         **{k: speed.get(k) for k in ("student_ms_per_call", "teacher_ms_per_call", "speed_ratio")},
         "nve": drifts,
+        "onpolicy": {k: info["onpolicy"].get(k) for k in ("stop_reason", "teacher_calls", "student")}
+        if info.get("onpolicy") else None,
         "md_steps": ctx.recipe["md"]["steps"],
         "md_timestep_fs": ctx.recipe["md"]["timestep"],
         "checkpoint": str(ctx.path("student.pt")),

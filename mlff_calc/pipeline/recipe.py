@@ -14,6 +14,8 @@ Sections (each key documented in ``mlff_calc/recipes/standard.yaml``)::
                 teacher_md (also run teacher MD for the RDF)
     md:         the stability check: steps, timestep (fs), temperature (K, initial velocities), dtypes
                 (float32 and/or float64), structures (seed indices; null = every seed), seed
+    onpolicy:   on-policy rounds after the first student (rounds: 0 = none; optional section, a recipe
+                without it gets the defaults)                            -> pipeline.rounds.OnPolicyConfig
 
 A recipe is a preset (``mlff_calc/recipes/<name>.yaml``) with a user's YAML merged over it key by key,
 so a user file need only name what it changes. Every section is a typed dataclass (:class:`Recipe`), read
@@ -35,7 +37,8 @@ from ..errors import InputError
 from ..evaluation.report import json_safe
 
 PRESETS = ("quick", "standard")
-SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md")
+SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md", "onpolicy")
+OPTIONAL_SECTIONS = ("onpolicy",)  # recipes (and run directories) from before it get its defaults
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Recipe:
     training: Any  # training.config.TrainConfig without data.path and run.out
     evaluation: EvaluationConfig
     md: MDCheckConfig
+    onpolicy: Any  # pipeline.rounds.OnPolicyConfig
 
     def checks(self):
         same = self.heldout.seed == self.sampling.seed
@@ -181,6 +185,12 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for name in raw:
         if name not in SECTIONS:
             raise InputError(f"recipe: unknown section {name!r}; known sections: {', '.join(SECTIONS)}")
+    from .rounds import OnPolicyConfig, default_section
+
+    raw = dict(raw)
+    for name in OPTIONAL_SECTIONS:  # key by key, so a recipe may name only the keys it changes
+        given = raw.get(name, {})
+        raw[name] = merge(default_section(), given) if isinstance(given, dict) else given
     missing = [s for s in SECTIONS if s not in raw]
     if missing:
         raise InputError(f"recipe: section {missing[0]!r} is missing")
@@ -189,7 +199,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(raw.get("training"), dict) and name in (raw["training"].get(section) or {}):
             raise InputError(f"recipe training.{key}: set by distill (RUN_DIR), remove it from the recipe")
     kinds = {"sampling": _sampling_config_class(), "heldout": HeldoutConfig, "labelling": LabellingConfig,
-             "evaluation": EvaluationConfig, "md": MDCheckConfig}
+             "evaluation": EvaluationConfig, "md": MDCheckConfig, "onpolicy": OnPolicyConfig}
     sections = {name: schema.from_dict(kind, raw[name], label="recipe", prefix=f"{name}.", required=True)
                 for name, kind in kinds.items()}
     sections["training"] = config_from_dict(raw["training"], label="recipe", prefix="training.")
