@@ -89,9 +89,13 @@ def default_section() -> dict[str, Any]:
 
 # ---- stage -----------------------------------------------------------------------------------------------
 def _key(ctx: Context) -> dict:
+    from .stages import _train_key
+
     cfg = {k: v for k, v in ctx.recipe["onpolicy"].items() if k not in CONTINUABLE}
+    # Round training replaces training.run's epochs/max_time by onpolicy.train_*; device/threads unhashed.
     return {"teacher": ctx.teacher_spec(), "seeds": ctx.seeds_sha256, "onpolicy": cfg,
-            "training": ctx.recipe["training"], "evaluation": ctx.recipe["evaluation"]}
+            "training": _train_key(ctx), "heldout_frames": ctx.recipe["evaluation"]["max_frames"],
+            "sampling": ctx.recipe["sampling"]["temperatures"]}
 
 
 def _continuable(ctx: Context) -> dict:
