@@ -41,17 +41,20 @@ CHUNK = 500  # steps between bond checks of the stability MD
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default="gfn2-xtb")
-    p.add_argument("--structures", nargs="*", default=None, help="seed files (default: the quickstart molecules)")
+    p.add_argument("--structures", nargs="*", default=None,
+                   help="seed files (default: the quickstart molecules)")
     p.add_argument("--out", default=str(HERE / "_work" / "onpolicy"))
-    p.add_argument("--offline-frames", type=int, default=250, help="offline_full frames per seed (quick: 250)")
+    p.add_argument("--offline-frames", type=int, default=250,
+                   help="offline_full frames per seed (quick: 250)")
     p.add_argument("--initial-frames", type=int, default=40, help="on-policy first student's frames per seed")
     p.add_argument("--fraction", type=float, default=1 / 3, help="on-policy budget / offline_full calls")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--round-frames", type=int, default=100, help="frames labelled per round")
     p.add_argument("--round-md-steps", type=int, default=2000)
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 1.4, 1.8])
-    p.add_argument("--train-time", type=float, default=140.0, help="s, the on-policy run's first student; the "
-                   "offline runs train for this + rounds x round-time (the same total)")
+    p.add_argument("--train-time", type=float, default=140.0,
+                   help="s, the on-policy run's first student; the offline runs train for this + "
+                   "rounds x round-time (the same total)")
     p.add_argument("--round-time", type=float, default=30.0, help="s of warm-start training per round")
     p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 500.0, 700.0, 900.0])
     p.add_argument("--test-frames", type=int, default=20, help="held-out frames per seed and temperature")
@@ -114,8 +117,9 @@ def test_set(args) -> list:
     if path.is_file():
         return ase.io.read(path, ":")
     calc = load_teacher(args.teacher)
-    config = SamplingConfig(temperatures=tuple(args.temperatures), frames=args.test_frames * len(args.temperatures),
-                            interval=20, timestep=0.5, friction=0.01, warmup=200, rattle=0.0, strain=0.0, seed=99)
+    config = SamplingConfig(temperatures=tuple(args.temperatures),
+                            frames=args.test_frames * len(args.temperatures), interval=20, timestep=0.5,
+                            friction=0.01, warmup=200, rattle=0.0, strain=0.0, seed=99)
     frames = []
     for frame in sample_structures([(str(k), a) for k, a in enumerate(seeds(args))], calc, config):
         labels = compute_labels(calc, frame)
@@ -194,7 +198,8 @@ def main(argv=None) -> int:
     runs["onpolicy"] = run_distill(args, "onpolicy", {
         "sampling.frames": args.initial_frames, "sampling.rattle": 0.03, "sampling.interval": 10,
         "sampling.warmup": 100, "training.run.max_time": args.train_time, "onpolicy.rounds": args.rounds,
-        "onpolicy.frames": args.round_frames, "onpolicy.md_steps": args.round_md_steps, "onpolicy.candidates": 40,
+        "onpolicy.frames": args.round_frames, "onpolicy.md_steps": args.round_md_steps,
+        "onpolicy.candidates": 40,
         "onpolicy.temperature_factors": args.factors, "onpolicy.teacher_budget": budget,
         "onpolicy.train_max_time": args.round_time})
     op_info = runs["onpolicy"]["state"]["onpolicy"]["info"]
@@ -211,8 +216,8 @@ def main(argv=None) -> int:
         calls = op_info["teacher_calls"] if name == "onpolicy" else offline_calls(args, Path(r["dir"]))
         student = Path(r["dir"]) / "student.pt"
         md = stability(args, student)
-        rows.append({"run": name, "teacher_calls": calls, "train_s": r["train_s"], "mae": force_mae(student, frames),
-                     "md": md})
+        rows.append({"run": name, "teacher_calls": calls, "train_s": r["train_s"],
+                     "mae": force_mae(student, frames), "md": md})
         print(json.dumps(rows[-1]), flush=True)
     result = {"args": vars(args), "rows": rows, "rounds": op_info["rounds"], "stop": op_info["stop_reason"],
               "wall_s": time.monotonic() - t0, "test_frames": len(frames)}
@@ -246,23 +251,27 @@ def report(res: dict, argv) -> str:
              f"(seed 99) at {', '.join(temps)} K. MD: student Langevin (ASE, fixcm=False, 0.5 fs) "
              f"{a['md_ps']:g} ps x {a['md_seeds']} seed(s) per molecule and temperature; physical = no "
              "blow-up and the seed's bonds intact (checked every 0.25 ps).",
-             f"- On-policy: first student from {a['initial_frames']} frames/seed (rattles + short teacher MD), "
+             f"- On-policy: first student from {a['initial_frames']} frames/seed (rattles + short "
+             "teacher MD), "
              f"budget {a['fraction']:.3f} x offline_full's calls; stop: {res['stop']}.", "",
              "| run | teacher calls | training s | force MAE all (eV/Å) | "
-             + " | ".join(f"MAE {t} K" for t in temps) + " | MD physical | " + " | ".join(f"{t} K" for t in temps)
-             + " |", "|---|---:|---:|---:|" + "---:|" * len(temps) + "---|" + "---|" * len(temps)]
+             + " | ".join(f"MAE {t} K" for t in temps) + " | MD physical | "
+             + " | ".join(f"{t} K" for t in temps) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(temps) + "---|" + "---|" * len(temps)]
     for r in res["rows"]:
         md = r["md"]
         ok = sum(m["physical"] for m in md)
         per_t = []
         for t in a["temperatures"]:
             sub = [m for m in md if m["temperature_k"] == t]
-            per_t.append(f"{sum(m['physical'] for m in sub)}/{len(sub)} (min {min(m['ps'] for m in sub):g} ps)")
+            ok_t = sum(m["physical"] for m in sub)
+            per_t.append(f"{ok_t}/{len(sub)} (min {min(m['ps'] for m in sub):g} ps)")
         lines.append(f"| {r['run']} | {r['teacher_calls']} | {r['train_s']:.0f} | {r['mae']['all']:.4f} | "
                      + " | ".join(f"{r['mae'].get(t, float('nan')):.4f}" for t in temps)
                      + f" | {ok}/{len(md)} | " + " | ".join(per_t) + " |")
     lines += ["", "On-policy rounds (held-out = the distill run's own held-out set, 500 K):", "",
-              "| round | teacher calls (total) | held-out force MAE | student MD stable | scorer | max score |",
+              "| round | teacher calls (total) | held-out force MAE | student MD stable | scorer "
+              "| max score |",
               "|---|---|---|---|---|---|"]
     for row in res["rounds"]:
         mae = (row.get("heldout") or {}).get("force_mae_ev_per_ang")

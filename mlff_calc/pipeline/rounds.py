@@ -64,11 +64,11 @@ class OnPolicyConfig:
     def checks(self):
         from ..workflow.onpolicy import SCORERS
 
-        t = self.temperatures
+        t, f = self.temperatures, self.temperature_factors
         return [("rounds", self.rounds >= 0, "must be >= 0 (0 = offline distill)"),
-                ("temperatures", t is None or (len(t) > 0 and min(t) > 0), "must be temperatures > 0 K or null"),
-                ("temperature_factors", len(self.temperature_factors) > 0 and min(self.temperature_factors) > 0,
-                 "must be a list of factors > 0"),
+                ("temperatures", t is None or (len(t) > 0 and min(t) > 0),
+                 "must be temperatures > 0 K or null"),
+                ("temperature_factors", len(f) > 0 and min(f) > 0, "must be a list of factors > 0"),
                 ("md_steps", self.md_steps >= 1, "must be >= 1"),
                 ("timestep", 0 < self.timestep <= 10, "must be in (0, 10] fs"),
                 ("friction", self.friction > 0, "must be > 0 (1/fs)"),
@@ -76,10 +76,12 @@ class OnPolicyConfig:
                 ("frames", self.frames >= 1, "must be >= 1"),
                 ("pool_factor", self.pool_factor >= 1, "must be >= 1"),
                 ("scorer", self.scorer in SCORERS, f"must be one of {', '.join(SCORERS)}"),
-                ("teacher_budget", self.teacher_budget is None or self.teacher_budget >= 1, "must be >= 1 or null"),
+                ("teacher_budget", self.teacher_budget is None or self.teacher_budget >= 1,
+                 "must be >= 1 or null"),
                 ("converge_mae_change", 0 <= self.converge_mae_change < 1, "must be in [0, 1)"),
                 ("train_epochs", self.train_epochs >= 1, "must be >= 1"),
-                ("train_max_time", self.train_max_time is None or self.train_max_time > 0, "must be > 0 s or null")]
+                ("train_max_time", self.train_max_time is None or self.train_max_time > 0,
+                 "must be > 0 s or null")]
 
 
 def default_section() -> dict[str, Any]:
@@ -137,8 +139,8 @@ def _run_rounds(ctx: Context) -> dict:
             stop = f"teacher-call budget ({cfg['teacher_budget']}) spent"
             break
         previous = students[-2] if len(students) > 1 else None
-        row = _record(ctx, r, stage_key, lambda: _one_round(ctx, r, students[-1], previous, int(min(cfg["frames"],
-                                                                                                      left))))
+        n = int(min(cfg["frames"], left))
+        row = _record(ctx, r, stage_key, lambda: _one_round(ctx, r, students[-1], previous, n))
         row["teacher_calls_total"] = used + row["teacher_calls"]
         rows.append(row)
         if row.get("converged"):
@@ -297,8 +299,8 @@ def heldout_errors(ctx: Context, student: Path) -> dict:
 
     calc = StudentCalculator.from_checkpoint(student, device=ctx.device)
     with DatasetReader(ctx.path("data/heldout.h5")) as reader:
-        idx = np.unique(np.linspace(0, len(reader) - 1, min(len(reader), ctx.recipe["evaluation"]["max_frames"]))
-                        .round().astype(int))
+        n = min(len(reader), ctx.recipe["evaluation"]["max_frames"])
+        idx = np.unique(np.linspace(0, len(reader) - 1, n).round().astype(int))
         images = [reader.atoms(int(i)) for i in idx]
     ref = np.concatenate([a.get_forces() for a in images])
     for a in images:
@@ -321,7 +323,8 @@ def section(rows: list[dict], stop: str) -> str:
         score = "n/a" if row.get("max_score") is None else f"{row['max_score']:.3f}"
         sel = f"{row['candidates']} -> {row['selected']}" if "candidates" in row else "n/a"
         lines.append(f"| {row['round']} | {row['teacher_calls']} ({row['teacher_calls_total']}) "
-                     f"| {'n/a' if mae is None else format(mae, '.4f')} | {md} | {row.get('scorer') or 'n/a'} "
+                     f"| {'n/a' if mae is None else format(mae, '.4f')} | {md} "
+                     f"| {row.get('scorer') or 'n/a'} "
                      f"| {score} | {sel} |")
     failures = [f for row in rows for f in row.get("md_failures", [])]
     if failures:

@@ -331,7 +331,8 @@ def assemble_report(run_dir: Path) -> Path | None:
     file and rewrites only that; nothing edits another stage's output). None before the evaluation ran."""
     from .rounds import STAGE as ONPOLICY
 
-    parts = [run_dir / s.section for s in (*STAGES, ONPOLICY) if s.section and (run_dir / s.section).is_file()]
+    parts = [run_dir / s.section for s in (*STAGES, ONPOLICY)
+             if s.section and (run_dir / s.section).is_file()]
     if not (run_dir / "report").is_dir() or not parts:
         return None
     text = "\n".join(part.read_text(encoding="utf-8").rstrip() + "\n" for part in parts)

@@ -1,4 +1,4 @@
-"""On-policy frames: student MD proposes candidates, a scorer ranks them, a diverse subset goes to the teacher.
+"""On-policy frames: student MD proposes candidates, a scorer ranks them, a diverse subset is labelled.
 
 * :func:`student_md_candidates` runs Langevin NVT with the student from each seed at each temperature and
   returns the frames it visited. A trajectory that blows up (:class:`~mlff_calc.errors.MDBlowUp`) or whose

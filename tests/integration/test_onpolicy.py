@@ -79,8 +79,8 @@ def test_teacher_call_budget_stops_the_rounds(tmp_path, seed_file):  # noqa: F81
     first = distill("emt", [seed_file], run, preset="quick", recipe=recipe_file(tmp_path), quiet=True)
     del first
     initial = 24 + 8 * 2 + 1  # labels + teacher MD steps planned (8 MD frames x interval 2, plus the start)
-    res = distill("emt", [seed_file], run, recipe=onpolicy_recipe(tmp_path, rounds=4, teacher_budget=initial + 8),
-                  quiet=True)
+    recipe = onpolicy_recipe(tmp_path, rounds=4, teacher_budget=initial + 8)
+    res = distill("emt", [seed_file], run, recipe=recipe, quiet=True)
     rows = stage_records(run)["onpolicy"]["info"]["rounds"]
     assert rows[0]["teacher_calls"] == initial
     assert [r["teacher_calls"] for r in rows[1:]] == [6, 2]  # the last round gets what is left
