@@ -61,6 +61,8 @@ def parse(argv=None):
     p.add_argument("--md-ps", type=float, default=20.0)
     p.add_argument("--md-seeds", type=int, default=1)
     p.add_argument("--write", action="store_true", help="write the section of benchmarks/RESULTS.md")
+    p.add_argument("--from-result", metavar="JSON",
+                   help="only write the report of an earlier run's result.json")
     return p.parse_args(argv)
 
 
@@ -186,6 +188,15 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     args = parse(argv)
+    if args.from_result:
+        res = json.loads(Path(args.from_result).read_text())
+        text = report(res, res["argv"], res.get("date"))
+        print(text)
+        if args.write:
+            from _results import write_section
+
+            write_section(HERE / "RESULTS.md", "bench_onpolicy", text)
+        return 0
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,11 +231,13 @@ def main(argv=None) -> int:
                      "mae": force_mae(student, frames), "md": md})
         print(json.dumps(rows[-1]), flush=True)
     result = {"args": vars(args), "rows": rows, "rounds": op_info["rounds"], "stop": op_info["stop_reason"],
-              "wall_s": time.monotonic() - t0, "test_frames": len(frames)}
+              "wall_s": time.monotonic() - t0, "test_frames": len(frames),
+              "argv": list(argv if argv is not None else sys.argv[1:]),
+              "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"}
     from mlff_calc import io
 
     io.write_json(out / "result.json", result)
-    text = report(result, argv)
+    text = report(result, result["argv"], result["date"])
     print(text)
     if args.write:
         from _results import write_section
@@ -233,19 +246,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(res: dict, argv) -> str:
+def report(res: dict, argv: list[str], date: str | None) -> str:
     import platform
     import subprocess
 
     a = res["args"]
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-    cmd = "python benchmarks/bench_onpolicy.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/bench_onpolicy.py " + shlex.join(argv)
     temps = [f"{t:g}" for t in a["temperatures"]]
     lines = ["## On-policy vs offline distill at matched teacher calls (`bench_onpolicy.py`)", "",
              f"- Machine: {model} (lscpu), {os.cpu_count()} CPUs (shared), torch 1 thread, "
              f"Python {platform.python_version()}; teacher {a['teacher']}",
-             f"- Command: `{cmd}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"- Command: `{cmd}` ({date or '?'} UTC, "
              f"{res['wall_s'] / 60:.1f} min)",
              f"- Held-out: {res['test_frames']} frames of independent teacher Langevin trajectories "
              f"(seed 99) at {', '.join(temps)} K. MD: student Langevin (ASE, fixcm=False, 0.5 fs) "
