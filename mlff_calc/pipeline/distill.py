@@ -299,6 +299,10 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{num(d['worst_drift_mev_per_atom_ps'], '+.3f', ' meV/atom/ps')} "
                      f"({d['worst_structure']}), "
                      f"max |ΔE| {num(d['max_deviation_mev_per_atom'], '.3f', ' meV/atom')}")
+    if s.get("onpolicy"):
+        op = s["onpolicy"]
+        lines.append(f"  on-policy             {op['teacher_calls']} teacher calls in all; stopped: "
+                     f"{op['stop_reason']} (per-round table in the report)")
     lines += [f"  student               {s['checkpoint']}",
               f"  report                {s['report']}"]
     return "\n".join(lines)

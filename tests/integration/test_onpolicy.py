@@ -12,7 +12,7 @@ from test_distill import (ALL, cli, kill_when, position_hash, recipe_file, seed_
                           stage_records, start)
 
 from mlff_calc.data.hdf5 import DatasetReader, pending_frames
-from mlff_calc.pipeline import distill
+from mlff_calc.pipeline import distill, format_summary
 
 ROUNDS = {"rounds": 2, "md_steps": 40, "candidates": 8, "frames": 6, "timestep": 2.0,
           "temperature_factors": [1.0, 2.0], "train_epochs": 3, "train_max_time": None}
@@ -56,6 +56,7 @@ def test_rounds_table_records_and_continuing(tmp_path, seed_file):  # noqa: F811
     report = (run / "report/report.md").read_text()
     assert "On-policy rounds" in report and "| 2 | 6 (" in report
     assert two.summary["onpolicy"]["teacher_calls"] == rows[2]["teacher_calls_total"]
+    assert "on-policy             " in format_summary(two.summary)
     # The selected frames came from the student's MD, not from the teacher's sampling.
     picked = {position_hash(a.positions) for a in ase.io.read(run / "onpolicy/round_01/selected.extxyz", ":")}
     assert len(picked) == 6
