@@ -51,6 +51,9 @@ def parse(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--round-frames", type=int, default=100, help="frames labelled per round")
     p.add_argument("--round-md-steps", type=int, default=2000)
+    p.add_argument("--candidates", type=int, default=40, help="candidate frames per student trajectory")
+    p.add_argument("--tag", default="", help="suffix of the on-policy and offline_small run directories "
+                   "(variants share offline_full and the test set)")
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 1.4, 1.8])
     p.add_argument("--train-time", type=float, default=140.0,
                    help="s, the on-policy run's first student; the offline runs train for this + "
@@ -230,27 +233,28 @@ def main(argv=None) -> int:
         "sampling.frames": args.offline_frames, "training.run.max_time": offline_time})
     full_calls = offline_calls(args, Path(runs["offline_full"]["dir"]))
     budget = int(full_calls * args.fraction)
-    runs["onpolicy"] = run_distill(args, "onpolicy", {
+    op, small_name = "onpolicy" + args.tag, "offline_small" + args.tag
+    runs[op] = run_distill(args, op, {
         "sampling.frames": args.initial_frames, "sampling.rattle": 0.03, "sampling.interval": 10,
         "sampling.warmup": 100, "training.run.max_time": args.train_time, "onpolicy.rounds": args.rounds,
         "onpolicy.frames": args.round_frames, "onpolicy.md_steps": args.round_md_steps,
-        "onpolicy.candidates": 40,
+        "onpolicy.candidates": args.candidates,
         "onpolicy.temperature_factors": args.factors, "onpolicy.teacher_budget": budget,
         "onpolicy.train_max_time": args.round_time})
-    op_info = runs["onpolicy"]["state"]["onpolicy"]["info"]
+    op_info = runs[op]["state"]["onpolicy"]["info"]
     # offline_small: as many frames as fit in the calls the on-policy run used (teacher MD frames cost
     # interval + 1 label each; the warm-up and start are fixed).
     per_frame, fixed = 20 + 1, (200 + 1) * len(seeds(args))
     small = max(3, int((op_info["teacher_calls"] - fixed) / per_frame / len(seeds(args))))
-    runs["offline_small"] = run_distill(args, "offline_small", {
+    runs[small_name] = run_distill(args, small_name, {
         "sampling.frames": small, "training.run.max_time": offline_time})
     from mlff_calc import StudentCalculator
 
     frames = test_set(args)
     rows = []
-    for name in ("offline_full", "offline_small", "onpolicy"):
+    for name in ("offline_full", small_name, op):
         r = runs[name]
-        calls = op_info["teacher_calls"] if name == "onpolicy" else offline_calls(args, Path(r["dir"]))
+        calls = op_info["teacher_calls"] if name == op else offline_calls(args, Path(r["dir"]))
         student = Path(r["dir"]) / "student.pt"
         md = cached_stability(args, name, lambda: StudentCalculator.from_checkpoint(student, device="cpu"))
         rows.append({"run": name, "teacher_calls": calls, "train_s": r["train_s"],
