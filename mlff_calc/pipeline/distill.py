@@ -277,7 +277,8 @@ def format_summary(s: dict[str, Any]) -> str:
     def num(value, fmt, unit="", factor=1.0):
         return "n/a" if value is None else f"{factor * value:{fmt}}{unit}"
 
-    total = sum(t or 0.0 for t in s["stage_seconds"].values())
+    # "onpolicy.round_XX" records are parts of the onpolicy stage: not counted twice
+    total = sum(t or 0.0 for name, t in s["stage_seconds"].items() if "." not in name)
     lines = [f"distill summary: {s['run_dir']} (stages {total / 60:.1f} min; this call "
              f"{s['wall_s'] / 60:.1f} min)",
              f"  teacher               {s['teacher']['name']}; seeds: {', '.join(s['seed_structures'])}",

@@ -56,7 +56,10 @@ def test_rounds_table_records_and_continuing(tmp_path, seed_file):  # noqa: F811
     report = (run / "report/report.md").read_text()
     assert "On-policy rounds" in report and "| 2 | 6 (" in report
     assert two.summary["onpolicy"]["teacher_calls"] == rows[2]["teacher_calls_total"]
-    assert "on-policy             " in format_summary(two.summary)
+    printed = format_summary(two.summary)
+    assert "on-policy             " in printed
+    stages = sum(t for name, t in two.summary["stage_seconds"].items() if "." not in name)
+    assert f"(stages {stages / 60:.1f} min;" in printed  # the rounds are not counted twice
     # The selected frames came from the student's MD, not from the teacher's sampling.
     picked = {position_hash(a.positions) for a in ase.io.read(run / "onpolicy/round_01/selected.extxyz", ":")}
     assert len(picked) == 6
