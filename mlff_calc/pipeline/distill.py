@@ -37,7 +37,7 @@ from .. import io
 from ..errors import InputError
 from .recipe import dump_recipe, load_recipe, read_yaml
 from ..evaluation.gates import check_summary, report_lines
-from .stages import STAGES, Context, assemble_report
+from .stages import STAGES, Context, active_stages, assemble_report
 from .state import RunState, digest
 
 
@@ -130,7 +130,7 @@ def distill(
         _write_seeds(run_dir / "seeds.extxyz", seeds)
         io.write_text(run_dir / "recipe.yaml", _recipe_header(teacher, options) + dump_recipe(config))
         ctx = Context(run_dir, config, teacher, options, seeds, fingerprint([a for _, a in seeds]),
-                      device=device, quiet=quiet)
+                      device=device, quiet=quiet, state=state)
         ran, skipped = _run_stages(ctx, state)
         assemble_report(run_dir)
         summary = make_summary(ctx, state, time.monotonic() - t_start)
@@ -146,13 +146,20 @@ def _run_stages(ctx: Context, state: RunState) -> tuple[list[str], list[str]]:
     digests: dict[str, str] = {}
     ran, skipped = [], []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for number, stage in enumerate(STAGES, 1):
+    stages = active_stages(ctx.recipe)
+    if "onpolicy" in state.stages and len(stages) == len(STAGES):  # rounds set back to 0
+        _supersede(ctx.run_dir, ("onpolicy",), stamp)
+        state.forget([n for n in list(state.stages) if n.startswith("onpolicy")])
+        if ctx.path("train/student.pt").is_file():  # the offline student is the run's student again
+            with io.atomic_path(ctx.path("student.pt")) as tmp:
+                shutil.copyfile(ctx.path("train/student.pt"), tmp)
+    for number, stage in enumerate(stages, 1):
         key = digest({"stage": stage.name, "settings": stage.key(ctx),
                       "deps": {d: digests[d] for d in stage.deps}})
         stage_digest = digest({"key": key, "continue": stage.continuable(ctx)})
         digests[stage.name] = stage_digest
         rec = state.stages.get(stage.name)
-        head = f"[{number}/{len(STAGES)}] {stage.name}: {stage.title}"
+        head = f"[{number}/{len(stages)}] {stage.name}: {stage.title}"
         missing = [rel for rel in stage.outputs  # a journal exists only while labels wait to be folded in
                    if not rel.endswith(".journal") and not (ctx.run_dir / rel).exists()]
         # An input re-made in this call (same settings, e.g. its file was removed) makes outputs built on the
@@ -257,6 +264,8 @@ def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]
         **{k: speed.get(k) for k in ("student_ms_per_call", "teacher_ms_per_call", "speed_ratio")},
         "nve": drifts,
         "frequencies": info.get("vibrations", {}).get("summary"),  # cm⁻¹, student vs teacher (molecules)
+        "onpolicy": {k: info["onpolicy"].get(k) for k in ("stop_reason", "teacher_calls", "student")}
+        if info.get("onpolicy") else None,
         "md_steps": ctx.recipe["md"]["steps"],
         "md_timestep_fs": ctx.recipe["md"]["timestep"],
         "checkpoint": str(ctx.path("student.pt")),
@@ -271,7 +280,8 @@ def format_summary(s: dict[str, Any]) -> str:
     def num(value, fmt, unit="", factor=1.0):
         return "n/a" if value is None else f"{factor * value:{fmt}}{unit}"
 
-    total = sum(t or 0.0 for t in s["stage_seconds"].values())
+    # "onpolicy.round_XX" records are parts of the onpolicy stage: not counted twice
+    total = sum(t or 0.0 for name, t in s["stage_seconds"].items() if "." not in name)
     lines = [f"distill summary: {s['run_dir']} (stages {total / 60:.1f} min; this call "
              f"{s['wall_s'] / 60:.1f} min)",
              f"  teacher               {s['teacher']['name']}; seeds: {', '.join(s['seed_structures'])}",
@@ -297,6 +307,10 @@ def format_summary(s: dict[str, Any]) -> str:
     if freq.get("modes"):
         lines.append(f"  frequencies           MAE {freq['mae_cm1']:.2f} cm⁻¹, max {freq['max_error_cm1']:.2f} cm⁻¹ "
                      f"vs teacher over {freq['modes']} modes of {freq['seeds']} molecule(s)")
+    if s.get("onpolicy"):
+        op = s["onpolicy"]
+        lines.append(f"  on-policy             {op['teacher_calls']} teacher calls in all; stopped: "
+                     f"{op['stop_reason']} (per-round table in the report)")
     lines += report_lines(s.get("gates"))
     lines += [f"  student               {s['checkpoint']}",
               f"  report                {s['report']}"]

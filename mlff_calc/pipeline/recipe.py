@@ -15,6 +15,8 @@ Sections (each key documented in ``mlff_calc/recipes/standard.yaml``)::
                 teacher_md (also run teacher MD for the RDF)
     md:         the stability check: steps, timestep (fs), temperature (K, initial velocities), dtypes
                 (float32 and/or float64), structures (seed indices; null = every seed), seed
+    onpolicy:   on-policy rounds after the first student (rounds: 0 = none; optional section, a recipe
+                without it gets the defaults)                            -> pipeline.rounds.OnPolicyConfig
     gates:      optional acceptance bars (mlff_calc.evaluation.gates): force_mae_ev_per_ang,
                 force_cosine_mean, drift_mev_per_atom_ps, md_stable, speed_ratio; missed -> distill exits
                 non-zero naming each bar. Absent or empty = no gates
@@ -39,8 +41,10 @@ from ..errors import InputError
 from ..evaluation.report import json_safe
 
 PRESETS = ("quick", "standard")
-SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md", "gates")
-OPTIONAL_SECTIONS = ("gates",)  # recipes written before it existed stay valid
+SECTIONS = ("sampling", "heldout", "labelling", "training", "evaluation", "md", "onpolicy", "gates")
+# Recipes (and run directories) written before these existed stay valid: a missing onpolicy section gets
+# its defaults (key by key), missing gates mean no gates.
+OPTIONAL_SECTIONS = ("onpolicy", "gates")
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Recipe:
     training: Any  # training.config.TrainConfig without data.path and run.out
     evaluation: EvaluationConfig
     md: MDCheckConfig
+    onpolicy: Any  # pipeline.rounds.OnPolicyConfig
     gates: Any  # evaluation.gates.GatesConfig
 
     def checks(self):
@@ -199,6 +204,11 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for name in raw:
         if name not in SECTIONS:
             raise InputError(f"recipe: unknown section {name!r}; known sections: {', '.join(SECTIONS)}")
+    from .rounds import OnPolicyConfig, default_section
+
+    raw = dict(raw)
+    given = raw.get("onpolicy", {})  # key by key, so a recipe may name only the keys it changes
+    raw["onpolicy"] = merge(default_section(), given) if isinstance(given, dict) else given
     missing = [s for s in SECTIONS if s not in raw and s not in OPTIONAL_SECTIONS]
     if missing:
         raise InputError(f"recipe: section {missing[0]!r} is missing")
@@ -208,7 +218,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"recipe training.{key}: set by distill (RUN_DIR), remove it from the recipe")
     raw = {**raw, **{s: {**keys, **raw[s]} for s, keys in _NEWER_KEYS.items() if isinstance(raw[s], dict)}}
     kinds = {"sampling": _sampling_config_class(), "heldout": HeldoutConfig, "labelling": LabellingConfig,
-             "evaluation": EvaluationConfig, "md": MDCheckConfig}
+             "evaluation": EvaluationConfig, "md": MDCheckConfig, "onpolicy": OnPolicyConfig}
     sections = {name: schema.from_dict(kind, raw[name], label="recipe", prefix=f"{name}.", required=True)
                 for name, kind in kinds.items()}
     sections["training"] = config_from_dict(raw["training"], label="recipe", prefix="training.")

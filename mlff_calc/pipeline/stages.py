@@ -43,6 +43,7 @@ class Context:
     seeds_sha256: str
     device: str = "auto"
     quiet: bool = False
+    state: Any = None  # the run's RunState (the on-policy stage keeps one record per round in it)
     _teacher: Any = None
 
     @property
@@ -345,7 +346,10 @@ def _vibrations(ctx: Context) -> dict:
 def assemble_report(run_dir: Path) -> Path | None:
     """``report/report.md`` = the sections the stages wrote, in stage order (each stage owns its section
     file and rewrites only that; nothing edits another stage's output). None before the evaluation ran."""
-    parts = [run_dir / s.section for s in STAGES if s.section and (run_dir / s.section).is_file()]
+    from .rounds import STAGE as ONPOLICY
+
+    parts = [run_dir / s.section for s in (*STAGES, ONPOLICY)
+             if s.section and (run_dir / s.section).is_file()]
     if not (run_dir / "report").is_dir() or not parts:
         return None
     text = "\n".join(part.read_text(encoding="utf-8").rstrip() + "\n" for part in parts)
@@ -377,3 +381,14 @@ STAGES: tuple[Stage, ...] = (
                            "student": _student_sha256(ctx)},
           run=_vibrations, keep_old=False, section="vibrations/report.md"),
 )
+
+
+def active_stages(recipe: dict[str, Any]) -> tuple[Stage, ...]:
+    """``STAGES``, with the on-policy rounds after ``train`` when ``onpolicy.rounds > 0`` (with 0 nothing
+    changes: no stage, no record, the same digests as before the section existed)."""
+    from .rounds import STAGE as ONPOLICY
+
+    if not recipe["onpolicy"]["rounds"]:
+        return STAGES
+    at = [s.name for s in STAGES].index("train") + 1
+    return (*STAGES[:at], ONPOLICY, *STAGES[at:])

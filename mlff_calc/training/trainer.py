@@ -65,7 +65,7 @@ def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
 
 
 def train(config: TrainConfig | dict | str | Path, resume: bool = False,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, init_from: str | Path | None = None) -> TrainResult:
     """Train a student on ``config.data.path`` into ``config.run.out`` (see the module docstring).
 
     ``config``: a :class:`TrainConfig`, a nested dict, or a YAML path. A ``last.pt`` in the run directory
@@ -90,14 +90,15 @@ def train(config: TrainConfig | dict | str | Path, resume: bool = False,
                 device = torch.device("cuda", d.local_rank)
             if cfg.run.num_threads:
                 torch.set_num_threads(cfg.run.num_threads)
-            return _Trainer(cfg, d, device, dtype).run()
+            return _Trainer(cfg, d, device, dtype, init_from).run()
         finally:
             torch.set_num_threads(threads)
             shutdown(d)
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, d: Distributed, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: TrainConfig, d: Distributed, device: torch.device, dtype: torch.dtype,
+                 init_from: str | Path | None = None):
         self.cfg, self.d, self.device, self.dtype = cfg, d, device, dtype
         self.run_dir = Path(cfg.run.out)
         self.quiet = cfg.run.quiet or not d.main
@@ -123,9 +124,12 @@ class _Trainer:
             model.scale.fill_(scale)
             model.shift.fill_(shift)
         self.model = model.to(device=device, dtype=dtype)
-        shift += self._initial_offset()
-        with torch.no_grad():
-            self.model.shift.fill_(shift)
+        if init_from is not None and state is None:
+            atom_ref, scale, shift = self._warm_start(Path(init_from))
+        else:
+            shift += self._initial_offset()
+            with torch.no_grad():
+                self.model.shift.fill_(shift)
         self.ema_model = copy.deepcopy(self.model).eval()
         self.ema = EMA(self.model, self.ema_model, cfg.optim.ema_decay)
         # foreach: one multi-tensor kernel per update step (torch picks it only for CUDA by default).
@@ -154,6 +158,15 @@ class _Trainer:
             # Forces come from autograd.grad(create_graph=True) inside forward; that inner grad only
             # differentiates with respect to positions, so DDP's gradient hooks fire once, in backward().
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    def _warm_start(self, path: Path) -> tuple[np.ndarray, float, float]:
+        """Start from the weights of ``path`` (on-policy rounds); returns its energy statistics."""
+        previous = StudentForceField.load(path)
+        if previous.config != self.model.config:
+            raise InputError(f"cannot warm-start from {path}: its model settings {previous.config} differ "
+                             f"from config model {self.model.config}")
+        self.model.load_state_dict(previous.state_dict())
+        return (previous.atom_ref.double().numpy(), float(previous.scale), float(previous.shift))
 
     @torch.no_grad()
     def _initial_offset(self, n: int = 64) -> float:
