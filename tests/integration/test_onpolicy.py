@@ -39,14 +39,16 @@ def test_rounds_table_records_and_continuing(tmp_path, seed_file):  # noqa: F811
     assert zero.ran == [] and "onpolicy" not in stage_records(run)
 
     two = distill("emt", [seed_file], run, recipe=onpolicy_recipe(tmp_path), quiet=True)
-    assert two.ran == ["onpolicy", "evaluate", "md"]  # the first student is reused
+    assert two.ran == ["onpolicy", "evaluate", "md", "vibrations"]  # the first student is reused
     records = rounds_of(run)
     assert sorted(records) == ["onpolicy.round_00", "onpolicy.round_01", "onpolicy.round_02"]
     info = stage_records(run)["onpolicy"]["info"]
     rows = info["rounds"]
     assert [r["teacher_calls"] for r in rows[1:]] == [6, 6]
     assert rows[2]["teacher_calls_total"] == rows[0]["teacher_calls"] + 12
-    assert rows[1]["scorer"] == "diversity" and rows[2]["scorer"] == "committee"
+    # Every student.pt the trainer writes is calibrated, so "auto" scores by the student's own
+    # uncertainty (the committee and diversity fallbacks are covered in test_onpolicy_select).
+    assert rows[1]["scorer"] == "uncertainty" and rows[2]["scorer"] == "uncertainty"
     assert rows[2]["max_score"] > 0 and all(r["md_runs"] == 2 for r in rows[1:])
     with DatasetReader(run / "onpolicy/round_02/train.h5") as reader:  # every label so far
         assert len(reader) == 24 + 6 + 6
@@ -67,13 +69,13 @@ def test_rounds_table_records_and_continuing(tmp_path, seed_file):  # noqa: F811
 
     # More rounds continue in place: rounds 0..2 are not redone.
     three = distill("emt", [seed_file], run, recipe=onpolicy_recipe(tmp_path, rounds=3), quiet=True)
-    assert three.ran == ["onpolicy", "evaluate", "md"]
+    assert three.ran == ["onpolicy", "evaluate", "md", "vibrations"]
     after = rounds_of(run)
     assert all(after[k] == records[k] for k in records) and after["onpolicy.round_03"]["status"] == "done"
 
     # Back to 0 rounds: the offline student is the run's student again, round outputs are kept aside.
     back = distill("emt", [seed_file], run, recipe=onpolicy_recipe(tmp_path, rounds=0), quiet=True)
-    assert back.ran == ["evaluate", "md"] and not rounds_of(run)
+    assert back.ran == ["evaluate", "md", "vibrations"] and not rounds_of(run)
     assert (run / "student.pt").read_bytes() == (run / "train/student.pt").read_bytes()
     assert list((run / "superseded").glob("*/onpolicy/round_03/labels.h5"))
 
