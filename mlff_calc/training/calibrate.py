@@ -36,8 +36,8 @@ def calibrate_checkpoint(model_path: str | Path, data: str | Path, out: str | Pa
     elif out is None:
         raise InputError("no output checkpoint given (--out), and --in-place not asked")
     else:
-        check_output(out, overwrite=overwrite, inputs=[model_path, data, *([calibration_data] if calibration_data else [])],
-                     what="calibrated checkpoint")
+        inputs = [model_path, data, *([calibration_data] if calibration_data else [])]
+        check_output(out, overwrite=overwrite, inputs=inputs, what="calibrated checkpoint")
     model = StudentForceField.load(model_path).eval()
     reader = DatasetReader(data)
     try:

@@ -28,17 +28,16 @@ import numpy as np
 import torch
 
 from .. import _keys as K
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..errors import InputError, ModelOutputError
 from ..model.student import StudentForceField
 from ..utils import resolve_device, resolve_dtype
-from .config import TrainConfig, config_from_dict, dump_config, incompatible_settings, load_config
+from .config import TrainConfig, config_from_dict, dump_config, load_config
 from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader
 from .distributed import Distributed, init_distributed, parameters_in_sync, shutdown
 from .loss import ErrorSums, batch_loss, combined_probe
 from .optim import EMA, LRSchedule
 from .report import plot_learning_curve, write_json, write_metrics_csv
-from .rundir import locked_run_dir
+from .rundir import locked_run_dir, read_training_state, restore_training_state, save_training_state
 
 
 @dataclass
@@ -114,7 +113,7 @@ class _Trainer:
         if cfg.loss.hvp_weight > 0 and not self.use_hvp:
             warnings.warn(f"loss.hvp_weight is {cfg.loss.hvp_weight} but {cfg.data.path} has no curvature "
                           "labels (label with hvp_fraction > 0); training on the other terms", stacklevel=3)
-        state = self._read_state()
+        state = read_training_state(self.run_dir / "last.pt", cfg, self._fingerprint())
 
         torch.manual_seed(cfg.run.seed)  # the initial weights are a function of the seed alone
         model = StudentForceField(**dataclasses.asdict(cfg.model))
@@ -152,7 +151,7 @@ class _Trainer:
             "training": {"config": cfg.to_dict(), "world_size": d.world},
         }
         if state is not None:
-            self._restore(state)
+            restore_training_state(self, state)
         self.net = self.model
         if d.active:
             # Forces come from autograd.grad(create_graph=True) inside forward; that inner grad only
@@ -186,51 +185,6 @@ class _Trainer:
     def _fingerprint(self) -> dict[str, Any]:
         """Identifies the dataset a state was trained on (a file that grew changes the split)."""
         return {"uid": self.data.summary["uid"], "n_frames": len(self.data.dataset)}
-
-    # ---- resume --------------------------------------------------------------------------------------
-    def _read_state(self) -> dict[str, Any] | None:
-        path = self.run_dir / "last.pt"
-        if not path.exists():
-            return None
-        state = load_checkpoint(path)
-        if state.get("kind") != "training_state":
-            raise CheckpointError(f"{path} is not a training state written by mlff-calc train")
-        diffs = incompatible_settings(state["config"], self.cfg)
-        old, new = state["data_fingerprint"], self._fingerprint()
-        if old != new:
-            diffs.append(f"dataset: {old} -> {new}")
-        if diffs:
-            raise InputError(f"cannot resume {path}: it was trained with other settings ("
-                             + "; ".join(diffs) + "); use another --out, or the original settings "
-                             "to continue")
-        return state
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["state_dict"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.progress = state["progress"]
-        torch.set_rng_state(state["rng"]["torch"])
-        rng = state["rng"]
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), *rng["numpy_extra"]))
-        if not self.quiet:
-            print(f"resuming {self.run_dir} after epoch {self.progress['epoch']} "
-                  f"({self.progress['train_time']:.0f} s trained)")
-
-    def _save_state(self) -> None:
-        np_state = np.random.get_state()
-        save_checkpoint(
-            self.run_dir / "last.pt", self.model.config,
-            {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, self.metadata,
-            kind="training_state", config=self.cfg.to_dict(),
-            data_fingerprint=self._fingerprint(),
-            ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
-            schedule=self.schedule.state_dict(),
-            progress=self.progress,
-            rng={"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-                 "numpy_extra": [int(np_state[2]), int(np_state[3]), float(np_state[4])]},
-        )
 
     # ---- loop ----------------------------------------------------------------------------------------
     def _stop_reason(self, now: float) -> str | None:
@@ -347,7 +301,7 @@ class _Trainer:
                 "train_time_s": p["train_time"],
             })
             if d.main:
-                self._save_state()  # after student.pt: a kill in between just repeats this epoch
+                save_training_state(self)  # after student.pt: a kill in between just repeats this epoch
                 write_metrics_csv(self.run_dir / "metrics.csv", p["history"])
             if not self.quiet:
                 row = p["history"][-1]
