@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import InputError
@@ -143,3 +144,25 @@ def _parent(raw: dict, path: list[str]) -> dict:
 
 
 __all__ = ["coerce", "from_dict", "validate", "get", "set_dotted"]
+
+
+def read_yaml(path: "str | os.PathLike", what: str, expected: str = "a mapping of sections") -> dict[str, Any]:
+    """The YAML mapping in ``path`` (``{}`` for an empty file): ``FileNotFoundError`` for a missing file,
+    :class:`InputError` for bad YAML or a document that is not a mapping, each naming ``what`` (e.g.
+    ``"recipe"``) and the path. One reader for recipes, training configs and gates files."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{what} {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{what} {path}: expected {expected}, got {type(raw).__name__}")
+    return raw

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import schema
-from ..errors import InputError, MLFFError
+from ..errors import MLFFError
 
 # key -> (direction, unit) of the bar
 DIRECTIONS = {"force_mae_ev_per_ang": ("max", "eV/Å"), "force_cosine_mean": ("min", ""),
@@ -70,16 +70,7 @@ def gates_from_dict(raw: Any, label: str = "gates", prefix: str = "") -> GatesCo
 
 def load_gates(path: str | Path) -> GatesConfig:
     """Gates from a YAML file (``mlff-calc compare --gate gates.yaml``)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"gates file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"gates file {path} is not valid YAML: {exc}") from None
-    return gates_from_dict(raw, label=f"gates file {path}")
+    return gates_from_dict(schema.read_yaml(path, "gates file", "a mapping of gates"), label=f"gates file {path}")
 
 
 def check(gates: GatesConfig, values: dict[str, Any]) -> dict[str, Any]:

@@ -150,21 +150,7 @@ def preset_path(name: str) -> Path:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; clear errors for a missing file, bad YAML or a non-mapping."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"recipe {path} is not valid YAML: {exc}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise InputError(f"recipe {path}: expected a mapping of sections {list(SECTIONS)}, "
-                         f"got {type(raw).__name__}")
-    return raw
+    return schema.read_yaml(path, "recipe", f"a mapping of sections {list(SECTIONS)}")
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

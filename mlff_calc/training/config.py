@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Union
 
 from .. import schema
-from ..errors import InputError
 
 
 @dataclass
@@ -156,19 +155,7 @@ def config_from_dict(raw: dict[str, Any] | None, base: TrainConfig | None = None
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (or start from the defaults) and apply ``{"section.key": value}`` overrides."""
-    import yaml
-
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"config {path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = {} if path is None else schema.read_yaml(path, "config")
     raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
         schema.set_dotted(raw, dotted, value)  # a section given as a list is refused, not replaced
