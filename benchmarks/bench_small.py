@@ -8,8 +8,8 @@ What is timed (one thread, CPU, float32, `StudentCalculator(skin=1.0)`, random w
 depend on them):
 - **per call**: ethanol (9 atoms); before every call the positions are the equilibrium ones plus fresh
   Gaussian noise of 0.01 Å (as in MD: a real recomputation each call, the skin list is kept); then
-  ``atoms.get_forces()`` (energy and forces) is timed. Students with 64 features (the quickstart's) and 128
-  (the default), 3 blocks, 5 Å; GFN2-xTB (tblite) on the same inputs.
+  ``atoms.get_forces()`` (energy and forces) is timed. Students with 64 and 128 features (the default),
+  3 blocks, and the quickstart's (64 features, 2 blocks), 5 Å; GFN2-xTB (tblite) on the same inputs.
 - **batch**: 64 different ethanol geometries; one ``batch_calculate`` against 64 one-by-one calls on one
   calculator, atoms·calls/s of each (``bench_calc_overhead.batch_ratio``).
 - **overhead**: the whole ASE round trip of ``calculate`` with the model call replaced by a stub
@@ -47,13 +47,13 @@ def _ethanol():
     return molecule("CH3CH2OH")
 
 
-def _student(hidden: int):
+def _student(hidden: int, blocks: int = 3):
     import torch
 
     from mlff_calc import StudentCalculator, StudentForceField
 
     torch.manual_seed(0)
-    model = StudentForceField(hidden_dim=hidden)
+    model = StudentForceField(hidden_dim=hidden, num_interactions=blocks)
     return StudentCalculator(model, device="cpu", dtype="float32", skin=1.0)
 
 
@@ -62,7 +62,7 @@ def _calculator(opts: dict):
         from mlff_calc import load_teacher
 
         return load_teacher("gfn2-xtb")
-    return _student(opts["hidden"])
+    return _student(opts["hidden"], opts.get("blocks", 3))
 
 
 def _per_call(opts: dict) -> dict:
@@ -121,6 +121,9 @@ def contenders(baseline_src: str | None) -> list[dict]:
         for hidden in (64, 128):
             rows.append({"label": f"{label}, hidden {hidden}", "model": "student", "hidden": hidden, "src": src,
                          "mode": "call"})
+        if src == str(ROOT):  # the quickstart's student (recipes/quick.yaml): 64 features, 2 blocks
+            rows.append({"label": f"{label}, hidden 64, 2 blocks (quick preset)", "model": "student", "hidden": 64,
+                         "blocks": 2, "src": src, "mode": "call"})
     rows.append({"label": "GFN2-xTB (tblite)", "model": "gfn2-xtb", "hidden": None, "src": str(ROOT), "mode": "call"})
     for src, label in ((str(ROOT), "student"), (baseline_src, "student (baseline)")):
         if src is not None:
