@@ -116,6 +116,30 @@ def test_time_calls_times_both_on_the_same_displaced_positions():
     assert not np.array_equal(fast.seen[0], fast.seen[1])
 
 
+def test_time_calls_takes_turns_in_blocks_as_in_md_and_call_by_call_for_slow_models():
+    order = []
+
+    class _Named(_Sleeper):
+        def __init__(self, name, delay):
+            super().__init__(delay)
+            self.label = name
+
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            order.append(self.label)
+
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]])
+    a, b = _Named("a", 0.0), _Named("b", 0.0)
+    time_calls({"a": a, "b": b}, [atoms], calls=6, warmup=1, block=3, progress=False)
+    assert "".join(order) == "ab" + "aaabbb" * 2  # the warm-up, then turns of 3 on the same positions
+    np.testing.assert_array_equal(np.array(a.seen), np.array(b.seen))
+    order.clear()
+    slow = _Named("b", 0.02)  # 3 x block x 20 ms > max_seconds: turns of one call
+    time_calls({"a": _Named("a", 0.0), "b": slow}, [atoms], calls=4, warmup=1, block=3, max_seconds=0.1,
+               progress=False)
+    assert "".join(order).startswith("ab" + "ab" * 3)
+
+
 def test_energy_deviations_are_per_seed_and_per_atom():
     """The parity plot's energies: each structure's E/atom minus the mean of its seed (composition), so
     molecules eV apart do not form clusters that hide the error."""
