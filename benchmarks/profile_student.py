@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from _results import RESULTS, machine_info, write_section  # noqa: E402
 from _systems import build  # noqa: E402
 
-CASES = (("ethanol", 64), ("ethanol", 128), ("water_81", 128))
+CASES = (("ethanol", 64, 3), ("ethanol", 64, 2), ("ethanol", 128, 3), ("water_81", 128, 3))  # (system, hidden, blocks)
 
 
 def _atoms(name: str):
@@ -38,13 +38,13 @@ def _atoms(name: str):
     return build(name)
 
 
-def _calculator(hidden: int):
+def _calculator(hidden: int, blocks: int = 3):
     import torch
 
     from mlff_calc import StudentCalculator, StudentForceField
 
     torch.manual_seed(0)
-    return StudentCalculator(StudentForceField(hidden_dim=hidden), device="cpu", dtype="float32", skin=1.0)
+    return StudentCalculator(StudentForceField(hidden_dim=hidden, num_interactions=blocks), device="cpu", dtype="float32", skin=1.0)
 
 
 def _timed(fn, bucket: list):
@@ -57,9 +57,9 @@ def _timed(fn, bucket: list):
     return wrapper
 
 
-def phases(name: str, hidden: int, calls: int) -> dict:
+def phases(name: str, hidden: int, calls: int, blocks: int = 3) -> dict:
     atoms = _atoms(name)
-    calc = _calculator(hidden)
+    calc = _calculator(hidden, blocks)
     times = {"graph": [], "inference": [], "network": [], "total": []}
     calc.converter = _timed(calc.converter, times["graph"])
     model = calc.model
@@ -76,7 +76,7 @@ def phases(name: str, hidden: int, calls: int) -> dict:
         times["total"].append(time.perf_counter() - t)
     med = {k: 1e3 * float(np.median(v[warm:])) for k, v in times.items()}
     return {
-        "system": name, "atoms": len(atoms), "hidden": hidden, "total_ms": med["total"],
+        "system": name, "atoms": len(atoms), "hidden": hidden, "blocks": blocks, "total_ms": med["total"],
         "network_ms": med["network"], "graph_ms": med["graph"],
         "inference_rest_ms": med["inference"] - med["network"],
         "ase_and_results_ms": med["total"] - med["inference"] - med["graph"],
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    rows = [phases(n, h, args.calls if n == "ethanol" else max(20, args.calls // 10)) for n, h in CASES]
+    rows = [phases(n, h, args.calls if n == "ethanol" else max(20, args.calls // 10), b) for n, h, b in CASES]
     info = machine_info([{"versions": {}}])
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -103,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         "(forward + analytic gradient); *graph* = the converter (validation, skin check, graph); *inference "
         "rest* = virial/bookkeeping around the kernel; *ASE + results* = the rest of the call.",
         "",
-        "| system | atoms | hidden | total ms | network ms | graph ms | inference rest ms | ASE + results ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | atoms | hidden | blocks | total ms | network ms | graph ms | inference rest ms | ASE + results ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['system']} | {r['atoms']} | {r['hidden']} | {r['total_ms']:.3f} | {r['network_ms']:.3f} | "
+        lines.append(f"| {r['system']} | {r['atoms']} | {r['hidden']} | {r['blocks']} | {r['total_ms']:.3f} | {r['network_ms']:.3f} | "
                      f"{r['graph_ms']:.3f} | {r['inference_rest_ms']:.3f} | {r['ase_and_results_ms']:.3f} |")
     body = "\n".join(lines) + "\n"
     print(body)
