@@ -68,6 +68,23 @@ def counting_emt(log: str, delay: float = 0.0) -> CountingEMT:
     return CountingEMT(log, delay)
 
 
+def counting_teacher(log: Path) -> tuple[str, ...]:
+    """CLI options of a slow (50 ms per call) EMT that logs every call to ``log``: kill tests count calls."""
+    return ("--teacher", "test_distill:counting_emt", "--teacher-option", f"log={log}",
+            "--teacher-option", "delay=0.05")
+
+
+def frames_committed(h5: Path, frames: int):
+    """A predicate for ``kill_when``: at least ``frames`` frames of ``h5`` committed (False before it exists)."""
+    def ready() -> bool:
+        try:
+            return pending_frames(h5)[0] >= frames
+        except OSError:
+            return False
+
+    return ready
+
+
 @pytest.fixture(scope="module")
 def seed_file(tmp_path_factory) -> Path:
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
@@ -180,16 +197,9 @@ def test_end_to_end_outputs_summary_and_rerun_skips_everything(tmp_path, seed_fi
 def test_kill_during_labelling_resumes_without_redoing_or_losing_anything(tmp_path, seed_file):
     run, log = tmp_path / "run", tmp_path / "teacher_calls.log"
     recipe = recipe_file(tmp_path)
-    teacher = ("--teacher", "test_distill:counting_emt", "--teacher-option", f"log={log}",
-               "--teacher-option", "delay=0.05")
+    teacher = counting_teacher(log)
     h5 = run / "data/train.h5"
-
-    def labelling_started() -> bool:
-        try:
-            return pending_frames(h5)[0] >= 8  # two committed batches of 4
-        except OSError:
-            return False
-
+    labelling_started = frames_committed(h5, 8)  # two committed batches of 4
     proc = start(cli(seed_file, run, recipe, *teacher, extra=["--quiet"]), tmp_path / "stderr.txt")
     kill_when(proc, labelling_started, "during labelling", tmp_path / "stderr.txt")
     records = stage_records(run)

@@ -8,10 +8,10 @@ from collections import Counter
 import ase.io
 import pytest
 import yaml
-from test_distill import (ALL, cli, kill_when, position_hash, recipe_file, seed_file,  # noqa: F401
-                          stage_records, start)
+from test_distill import (ALL, cli, counting_teacher, frames_committed, kill_when, position_hash,  # noqa: F401
+                          recipe_file, seed_file, stage_records, start)
 
-from mlff_calc.data.hdf5 import DatasetReader, pending_frames
+from mlff_calc.data.hdf5 import DatasetReader
 from mlff_calc.pipeline import distill, format_summary
 
 ROUNDS = {"rounds": 2, "md_steps": 40, "candidates": 8, "frames": 6, "timestep": 2.0,
@@ -97,16 +97,9 @@ def test_teacher_call_budget_stops_the_rounds(tmp_path, seed_file):  # noqa: F81
 def test_kill_during_a_round_resumes_without_relabelling_or_retraining(tmp_path, seed_file):  # noqa: F811
     run, log = tmp_path / "run", tmp_path / "teacher_calls.log"
     recipe = onpolicy_recipe(tmp_path)
-    teacher = ("--teacher", "test_distill:counting_emt", "--teacher-option", f"log={log}",
-               "--teacher-option", "delay=0.05")
+    teacher = counting_teacher(log)
     labels = run / "onpolicy/round_02/labels.h5"
-
-    def round_two_labelling() -> bool:
-        try:
-            return pending_frames(labels)[0] >= 4  # one committed batch of 4 of its 6 frames
-        except OSError:
-            return False
-
+    round_two_labelling = frames_committed(labels, 4)  # one committed batch of 4 of its 6 frames
     proc = start(cli(seed_file, run, recipe, *teacher, extra=["--quiet"]), tmp_path / "stderr.txt")
     kill_when(proc, round_two_labelling, "during round 2's labelling", tmp_path / "stderr.txt", timeout=240)
     records = rounds_of(run)
