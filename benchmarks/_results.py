@@ -55,6 +55,14 @@ def machine_info(records: list[dict]) -> dict:
     }
 
 
+def publish(name: str, body: str, write: bool, path: Path = RESULTS) -> None:
+    """Print a benchmark's markdown section and, with ``write``, put it into ``path`` (RESULTS.md)."""
+    print("\n" + body)
+    if write:
+        write_section(path, name, body)
+        print(f"wrote section '{name}' of {path}")
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (append if absent)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -67,9 +75,9 @@ def write_section(path: Path, name: str, body: str) -> None:
         text = head + block + tail
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # another benchmark may write its section too
-    tmp.write_text(text)
-    tmp.replace(path)
+    from mlff_calc.io import write_text
+
+    write_text(path, text)  # unique temporary name, fsync, rename: the package's one durable writer
 
 
 def cpu_name() -> str:

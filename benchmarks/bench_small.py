@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _harness import emit, fmt_s, run_one  # noqa: E402
-from _results import RESULTS, machine_info, versions, write_section  # noqa: E402
+from _results import machine_info, publish, versions  # noqa: E402
 
 
 # ==== worker ===========================================================================================
@@ -209,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if row["mode"] == "overhead" and recs:
             lines.append(f"| {row['label']} | **{med(recs, 'overhead_ms'):.4f}** | {med(recs, 'model_ms'):.3f} | "
                          f"{med(recs, 'total_ms'):.3f} |")
-    body = "\n".join(lines) + "\n"
-    print("\n" + body)
-    if args.write:
-        write_section(RESULTS, "bench_small", body)
-        print(f"wrote section 'bench_small' of {RESULTS}")
+    publish("bench_small", "\n".join(lines) + "\n", args.write)
     return 0
 
 

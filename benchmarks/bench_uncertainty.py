@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _results import RESULTS, cpu_name, write_section  # noqa: E402
+from _results import cpu_name, publish  # noqa: E402
 
 MOLECULES = {"ethanol": "CH3CH2OH", "methylamine": "H3CNH2", "acetaldehyde": "CH3CHO"}
 TEMPERATURES = (300, 600, 900, 1200)
@@ -191,12 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| uncertainty on | {cost['on_ms']:.3f} |",
         f"| overhead | **{cost['overhead_pct']:+.1f}%** ({cost['rounds']} rounds x {cost['calls']} calls, interleaved) |",
     ]
-    body = "\n".join(lines) + "\n"
-    print("\n" + body)
     if args.write:
         plots.reliability(FIGURE, rank["reliability_atoms"], rank["reliability_structures"])
-        write_section(RESULTS, "bench_uncertainty", body)
-        print(f"wrote section 'bench_uncertainty' of {RESULTS}")
+    publish("bench_uncertainty", "\n".join(lines) + "\n", args.write)
     return 0
 
 

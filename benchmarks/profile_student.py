@@ -1,6 +1,6 @@
 """Where a student call spends its time: phases of ``atoms.get_forces()`` and the kernel's own functions.
 
-    python benchmarks/profile_student.py              # phases for ethanol (h64, h128) and water_81; writes RESULTS.md
+    python benchmarks/profile_student.py              # phases for ethanol (h64 with 3 and 2 blocks, h128) and water_81; writes RESULTS.md
 
 *Phases* (one thread, MD-like calls: positions + 0.01 Å noise each call, skin list kept): wrappers time the
 converter (validation, skin check, graph), ``model.inference`` and, inside it, the network itself
@@ -24,7 +24,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _results import RESULTS, machine_info, write_section  # noqa: E402
+from _results import machine_info, publish  # noqa: E402
 from _systems import build  # noqa: E402
 
 CASES = (("ethanol", 64, 3), ("ethanol", 64, 2), ("ethanol", 128, 3), ("water_81", 128, 3))  # (system, hidden, blocks)
@@ -109,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['system']} | {r['atoms']} | {r['hidden']} | {r['blocks']} | {r['total_ms']:.3f} | {r['network_ms']:.3f} | "
                      f"{r['graph_ms']:.3f} | {r['inference_rest_ms']:.3f} | {r['ase_and_results_ms']:.3f} |")
-    body = "\n".join(lines) + "\n"
-    print(body)
     print(json.dumps(rows))
-    if args.write:
-        write_section(RESULTS, "profile_student", body)
-        print(f"wrote section 'profile_student' of {RESULTS}")
+    publish("profile_student", "\n".join(lines) + "\n", args.write)
     return 0
 
 
