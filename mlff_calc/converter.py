@@ -12,6 +12,8 @@ crosses the cutoff a call makes only the positions and edge vectors anew.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from ase import Atoms
@@ -20,7 +22,7 @@ from ase.data import chemical_symbols
 from .errors import InputError
 from .graph import MIN_DISTANCE, EdgeList, Frame, Graph, StructureEdges, _float, _tensor, structure_edges
 from .neighbors import check_cell
-from .utils import element_list
+from .utils import bitwise_equal, element_list
 
 __all__ = ["AtomsConverter", "MIN_DISTANCE"]
 
@@ -67,6 +69,9 @@ class AtomsConverter:
         self._allowed = None if elements is None else np.zeros(self.max_z + 1, dtype=bool)
         if self._allowed is not None:
             self._allowed[[z for z in self.elements if 0 <= z <= self.max_z]] = True
+        # Squared displacement since the last build beyond which the list is rebuilt: (skin / 2)², so at
+        # zero skin any move rebuilds.
+        self._rebuild_beyond = 0.25 * self.skin * self.skin
         self.n_builds = 0  # number of neighbour-list builds (for tests and diagnostics)
         self._cache: _Build | None = None
 
@@ -119,29 +124,22 @@ class AtomsConverter:
         """The graph of one structure, edges inside the cutoff only (see the module docstring)."""
         arrays = atoms.arrays
         positions, numbers = arrays["positions"], arrays["numbers"]
-        cell, pbc = atoms.cell.array, atoms.pbc
         c = self._cache
-        same = (
-            c is not None
-            and numbers.shape == c.numbers.shape
-            and bool((numbers == c.numbers).all())
-            and bool((cell == c.cell).all())
-            and bool((pbc == c.pbc).all())
-        )
-        if not same:
-            self._validate(atoms)  # numbers, cell and pbc unchanged since a build: only positions to check
-        elif not np.isfinite(positions).all():  # (validation names the atom)
+        if c is None or not (
+            bitwise_equal(numbers, c.numbers) and bitwise_equal(atoms.cell.array, c.cell) and bitwise_equal(atoms.pbc, c.pbc)
+        ):
             self._validate(atoms)
-        if not same or self._moved_too_far(positions, c.positions):
             c = self._build(atoms)
+        else:  # numbers, cell and pbc as at the last build: only the positions to check
+            d = positions - c.positions
+            largest = float((d * d).sum(axis=1).max())
+            # NaN or inf positions fail this test too (validation then names the atom).
+            if not largest <= self._rebuild_beyond:
+                if not math.isfinite(largest):
+                    self._validate(atoms)
+                c = self._build(atoms)
         part = structure_edges(c.edges, c.frame, positions, self.cutoff, numbers)
         return self._graph(c, part)
-
-    def _moved_too_far(self, positions: np.ndarray, reference: np.ndarray) -> bool:
-        d = positions - reference
-        largest = float(np.einsum("ia,ia->i", d, d).max())
-        # A strict '>' would keep a list built at zero skin for a moved structure.
-        return largest > 0.25 * self.skin * self.skin or (self.skin == 0 and largest > 0)
 
     def _build(self, atoms: Atoms) -> _Build:
         edges = EdgeList.build(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff + self.skin)

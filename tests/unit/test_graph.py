@@ -158,6 +158,25 @@ def test_skin_list_is_built_once_and_its_indices_are_reused(monkeypatch):
     assert len(builds) == conv.n_builds == 2
 
 
+def test_rebuild_rule_at_zero_skin_and_for_non_finite_positions():
+    """Zero skin: the same positions reuse the list, any move rebuilds it. NaN positions after a build
+    are refused naming the atom (the displacement test sees them, not only a fresh validation)."""
+    conv = AtomsConverter(cutoff=5.0, skin=0.0, dtype=torch.float64, device=torch.device("cpu"))
+    atoms = organic_molecule()
+    conv(atoms)
+    conv(atoms)
+    assert conv.n_builds == 1
+    atoms.positions[2, 1] += 1e-12
+    conv(atoms)
+    assert conv.n_builds == 2
+    atoms.positions[3] = np.nan
+    with pytest.raises(InputError, match="first is atom 3"):
+        conv(atoms)
+    atoms.positions[3] = np.inf
+    with pytest.raises(InputError, match="first is atom 3"):
+        conv(atoms)
+
+
 def test_skin_filter_renumbers_like_a_fresh_list():
     """Edges between the cutoff and the skin are dropped; the indices equal a fresh list's."""
     atoms = small_triclinic_cell().repeat((2, 1, 1))
