@@ -18,6 +18,8 @@ from ase.optimize import BFGS
 
 from ..errors import InputError
 
+FMAX = 1e-3  # eV/Å, the relaxation's convergence
+DELTA = 0.005  # Å, the central-difference step of the Hessian
 # sqrt(eV / Å² / amu) -> cm⁻¹ (hbar ω in eV, divided by the energy of one cm⁻¹)
 _TO_INVCM = units._hbar * 1e10 / np.sqrt(units._e * units._amu) / units.invcm
 
@@ -33,7 +35,7 @@ class Frequencies:
     relax_steps: int
 
 
-def relax(atoms: Atoms, calc: BaseCalculator, fmax: float = 1e-3, steps: int = 1000) -> tuple[Atoms, int]:
+def relax(atoms: Atoms, calc: BaseCalculator, fmax: float = FMAX, steps: int = 1000) -> tuple[Atoms, int]:
     """A copy of ``atoms`` relaxed with BFGS to ``fmax`` eV/Å (or ``steps`` steps) on ``calc``."""
     work = atoms.copy()
     work.calc = calc
@@ -42,7 +44,7 @@ def relax(atoms: Atoms, calc: BaseCalculator, fmax: float = 1e-3, steps: int = 1
     return work, int(opt.nsteps)
 
 
-def hessian(atoms: Atoms, calc: BaseCalculator, delta: float = 0.005) -> np.ndarray:
+def hessian(atoms: Atoms, calc: BaseCalculator, delta: float = DELTA) -> np.ndarray:
     """``(3N, 3N)`` eV/Å², symmetrised, by central differences of ``calc``'s forces (step ``delta`` Å)."""
     x0 = atoms.positions.copy()
     work = atoms.copy()
@@ -80,7 +82,7 @@ def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
 
 
 def harmonic_frequencies(
-    atoms: Atoms, calc: BaseCalculator, fmax: float = 1e-3, delta: float = 0.005, steps: int = 1000
+    atoms: Atoms, calc: BaseCalculator, fmax: float = FMAX, delta: float = DELTA, steps: int = 1000
 ) -> Frequencies:
     """Relax ``atoms`` on ``calc``, then its internal harmonic frequencies (molecules: no periodic cell)."""
     if atoms.pbc.any():
@@ -91,16 +93,19 @@ def harmonic_frequencies(
     return Frequencies(relaxed, freqs, max_force, n_steps)
 
 
-def compare_frequencies(seeds, student: BaseCalculator, teacher: BaseCalculator, **kwargs) -> dict:
+def compare_frequencies(seeds, student: BaseCalculator, teacher: BaseCalculator, teacher_known=None,
+                        **kwargs) -> dict:
     """Student vs teacher frequencies at each model's own minimum, for every seed molecule.
 
-    ``seeds``: ``[(name, atoms)]``. Returns ``{"per_seed": [{name, formula, student_cm1, teacher_cm1,
-    mae_cm1, max_error_cm1}], "mae_cm1", "max_error_cm1"}`` (modes matched in ascending order).
+    ``seeds``: ``[(name, atoms)]``. ``teacher_known``: ``[Frequencies | None]`` per seed, the teacher's
+    already computed the same way (None: compute). Returns ``{"per_seed": [{name, formula, student_cm1,
+    teacher_cm1, mae_cm1, max_error_cm1}], "mae_cm1", "max_error_cm1"}`` (modes matched in ascending order).
     """
     rows, errors = [], []
-    for name, atoms in seeds:
+    for k, (name, atoms) in enumerate(seeds):
         s = harmonic_frequencies(atoms, student, **kwargs)
-        t = harmonic_frequencies(atoms, teacher, **kwargs)
+        t = teacher_known[k] if teacher_known is not None and teacher_known[k] is not None \
+            else harmonic_frequencies(atoms, teacher, **kwargs)
         err = np.abs(s.frequencies - t.frequencies)
         errors.append(err)
         rows.append({"name": name, "formula": atoms.get_chemical_formula(),
