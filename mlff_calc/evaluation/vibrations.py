@@ -62,13 +62,12 @@ def hessian(atoms: Atoms, calc: BaseCalculator, delta: float = DELTA) -> np.ndar
     return 0.5 * (h + h.T)
 
 
-def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
-    """Frequencies (cm⁻¹, ascending, imaginary < 0) of the Hessian ``h`` with rigid-body motions removed."""
+def internal_basis(atoms: Atoms) -> np.ndarray:
+    """``(3N, 3N - 6)`` (``3N - 5`` if linear): orthonormal mass-weighted coordinates with the rigid-body
+    motions (translations, rotations about the centre of mass) removed exactly (Eckart)."""
     masses = atoms.get_masses()
     if len(atoms) < 2:
         raise InputError("a single atom has no vibrations")
-    sqrt_m = np.repeat(np.sqrt(masses), 3)
-    hm = h / np.outer(sqrt_m, sqrt_m)
     centred = atoms.positions - atoms.get_center_of_mass()
     rigid = []
     for axis in np.eye(3):
@@ -76,7 +75,14 @@ def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
         rigid.append((np.cross(axis, centred) * np.sqrt(masses)[:, None]).reshape(-1))  # rotation
     basis, s, _ = np.linalg.svd(np.array(rigid).T, full_matrices=True)
     rank = int((s > 1e-6 * s.max()).sum())  # 5 for a linear molecule, 6 otherwise
-    internal = basis[:, rank:]  # orthonormal complement of the rigid-body motions
+    return basis[:, rank:]  # orthonormal complement of the rigid-body motions
+
+
+def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
+    """Frequencies (cm⁻¹, ascending, imaginary < 0) of the Hessian ``h`` with rigid-body motions removed."""
+    sqrt_m = np.repeat(np.sqrt(atoms.get_masses()), 3)
+    hm = h / np.outer(sqrt_m, sqrt_m)
+    internal = internal_basis(atoms)
     eigenvalues = np.linalg.eigvalsh(internal.T @ hm @ internal)
     return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * _TO_INVCM
 

@@ -27,7 +27,8 @@ def enabled(recipe: dict[str, Any]) -> bool:
 def _settings(ctx: Context) -> dict[str, Any]:
     from ..workflow.minima import settings
 
-    return settings(ctx.recipe["labelling"]["hessian_at_minima"]["epsilon"])
+    section = ctx.recipe["labelling"]["hessian_at_minima"]
+    return settings(section["epsilon"], section["probes"])
 
 
 def _key(ctx: Context) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def _run(ctx: Context) -> dict[str, Any]:
 
     atoms = [a for _, a in ctx.seeds]
     rep = label_minima(atoms, ctx.path(FILE), ctx.teacher_calc, ctx.teacher_spec(),
-                       epsilon=_settings(ctx)["epsilon"], log=ctx.log)
+                       epsilon=_settings(ctx)["epsilon"], probes=_settings(ctx)["probes"], log=ctx.log)
     for i, reason in rep.skipped:
         ctx.log(f"  seed {i} ({atoms[i].get_chemical_formula()}): no Hessian at its minimum: {reason}")
     if rep.labelled == 0:

@@ -71,10 +71,14 @@ class HessianAtMinimaConfig:
     enabled: bool
     copies: int  # times each minimum frame is trained on per epoch (always in the training split)
     epsilon: float  # Å, central-difference step of the 6N force calls
+    probes: str  # cartesian (3N unit vectors) | modes (3N - 6 normal modes, weighted by frequency error)
 
     def checks(self):
+        from ..workflow.minima import PROBES
+
         return [("copies", self.copies >= 1, "must be >= 1 (times each minimum is trained on per epoch)"),
-                ("epsilon", 0 < self.epsilon <= 0.1, "must be in (0, 0.1] Å")]
+                ("epsilon", 0 < self.epsilon <= 0.1, "must be in (0, 0.1] Å"),
+                ("probes", self.probes in PROBES, f"must be one of {', '.join(PROBES)}")]
 
 
 @dataclass
@@ -97,7 +101,8 @@ class LabellingConfig:
 # Keys added after run directories already existed: a RUN_DIR/recipe.yaml written before them ran with
 # these values (curvature off), so they are taken as given there rather than refusing the old run.
 _NEWER_KEYS = {"labelling": {"hvp_fraction": 0.0, "hvp_probes": 2, "hvp_epsilon": 0.01,
-                             "hessian_at_minima": {"enabled": False, "copies": 10, "epsilon": 0.005}}}
+                             "hessian_at_minima": {"enabled": False, "copies": 10, "epsilon": 0.005,
+                                                   "probes": "cartesian"}}}
 # Training settings distill fills in itself (paths in RUN_DIR; the minima frames' repeat comes from
 # labelling.hessian_at_minima.copies): refused in a recipe, absent from RUN_DIR/recipe.yaml.
 _DISTILL_OWNED = ("data.path", "data.train_only", "data.train_only_repeat", "run.out")

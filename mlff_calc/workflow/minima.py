@@ -32,6 +32,8 @@ from ..errors import DataError, InputError, TeacherError
 from ..evaluation.vibrations import FMAX  # eV/Å: the vibrations stage's relaxation, so the same minimum
 
 MAX_STEPS = 1000
+PROBES = ("cartesian", "modes")  # the 3N unit vectors, or the 3N - 6 normal modes weighted (mode_probes)
+MIN_FREQUENCY = 100.0  # cm⁻¹: softer modes are weighted as if this soft (the weight grows as 1/ω)
 
 
 @dataclass
@@ -56,13 +58,46 @@ def skip_reason(atoms) -> str | None:
     return None
 
 
-def settings(epsilon: float, fmax: float = FMAX) -> dict[str, Any]:
+def settings(epsilon: float, probes: str = "cartesian", fmax: float = FMAX) -> dict[str, Any]:
     """What the labels depend on besides teacher and seeds (recorded in the file; checked on resume)."""
     if not (np.isfinite(epsilon) and 0 < epsilon <= 0.1):
         raise InputError(f"hessian_at_minima epsilon must be in (0, 0.1] Å, got {epsilon}")
+    if probes not in PROBES:
+        raise InputError(f"hessian_at_minima probes must be one of {', '.join(PROBES)}, got {probes!r}")
     if not (np.isfinite(fmax) and fmax > 0):
         raise InputError(f"hessian_at_minima fmax must be > 0 eV/Å, got {fmax}")
-    return {"epsilon": float(epsilon), "fmax": float(fmax), "max_steps": MAX_STEPS, "probes": "cartesian"}
+    out = {"epsilon": float(epsilon), "fmax": float(fmax), "max_steps": MAX_STEPS, "probes": probes}
+    if probes == "modes":
+        out["min_frequency_cm1"] = MIN_FREQUENCY
+    return out
+
+
+def mode_probes(atoms, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(probes (3N-6, N, 3), values (3N-6, N, 3) eV/Å²)``: the Hessian ``h`` (3N, 3N) along its normal modes.
+
+    Probe k points along the Cartesian displacement of internal mode k, ``q_k = M^-1/2 u_k`` (u_k: the
+    mass-weighted eigenvectors of the Eckart-projected Hessian), with the length that makes a curvature
+    error along it count as the frequency error it causes. First order, dω_k = dλ_k / (2 ω_k) =
+    q_kᵀ dH q_k / (2 ω_k), so with ``p_k = q_k |q_k| / (2 ω_k)`` the error's component along the probe's
+    direction, ``q̂_kᵀ dH p_k``, is dω_k itself and ``|dH p_k|² >= dω_k²``: the loss bounds the squared
+    frequency errors, each mode alike, where unit Cartesian probes let stiff stretches drown soft torsions
+    (~20x smaller ω: 400x less weight). ω is floored at ``MIN_FREQUENCY``; the probe lengths are scaled
+    together to a root mean square of 1, so ``hvp_weight`` keeps its scale. ``values`` are ``h @ p_k``:
+    linear algebra on the finite-difference Hessian, no teacher call.
+    """
+    from ..evaluation.vibrations import _TO_INVCM, internal_basis
+
+    n = len(atoms)
+    inv_sqrt_m = np.repeat(1.0 / np.sqrt(atoms.get_masses()), 3)
+    hm = h * np.outer(inv_sqrt_m, inv_sqrt_m)
+    internal = internal_basis(atoms)
+    lam, vecs = np.linalg.eigh(internal.T @ hm @ internal)
+    omega = np.maximum(np.sqrt(np.abs(lam)), MIN_FREQUENCY / _TO_INVCM)  # sqrt(eV/Å²/amu)
+    cart = (internal @ vecs) * inv_sqrt_m[:, None]  # (3N, modes): M^-1/2 u_k
+    probes = cart * np.linalg.norm(cart, axis=0)[None, :] / (2.0 * omega)[None, :]
+    probes /= np.sqrt(np.mean(np.sum(probes**2, axis=0)))
+    values = h @ probes
+    return probes.T.reshape(-1, n, 3), values.T.reshape(-1, n, 3)
 
 
 def label_minima(
@@ -72,6 +107,7 @@ def label_minima(
     spec: dict[str, Any],
     *,
     epsilon: float,
+    probes: str = "cartesian",
     fmax: float = FMAX,
     log: Callable[[str], None] = lambda message: None,
 ) -> MinimaReport:
@@ -85,7 +121,7 @@ def label_minima(
     from ..data.structures import fingerprint
 
     start = time.monotonic()
-    recorded = {"sha256": fingerprint(seeds), "n_seeds": len(seeds), **settings(epsilon, fmax)}
+    recorded = {"sha256": fingerprint(seeds), "n_seeds": len(seeds), **settings(epsilon, probes, fmax)}
     out = Path(out)
     if out.exists():
         header = read_header(out)
@@ -112,13 +148,13 @@ def label_minima(
                 calc = teacher()
             t0 = time.monotonic()
             try:
-                frame, info = _minimum_frame(calc, atoms, i, epsilon, fmax)
+                frame, info = _minimum_frame(calc, atoms, i, epsilon, probes, fmax)
                 writer.add(frame)  # re-checks shapes and finiteness
                 report.labelled_now += 1
                 report.per_seed.append({"seed": i, **info, "seconds": time.monotonic() - t0})
                 log(f"  seed {i} ({atoms.get_chemical_formula()}): minimum after {info['relax_steps']} "
-                    f"steps (max force {info['max_force']:.1e} eV/Å), {3 * len(atoms)} Hessian columns, "
-                    f"{info['teacher_calls']} teacher calls")
+                    f"steps (max force {info['max_force']:.1e} eV/Å), its Hessian along "
+                    f"{len(frame['hvp']['epsilon'])} {probes} probes, {info['teacher_calls']} teacher calls")
                 report.teacher_calls += info["teacher_calls"]
             except Exception as exc:  # a teacher failure is this seed's result, never a crash of the run
                 reason = str(exc) if isinstance(exc, TeacherError) else f"{type(exc).__name__}: {exc}"
@@ -132,7 +168,7 @@ def label_minima(
     return report
 
 
-def _minimum_frame(calc, atoms, index: int, epsilon: float,
+def _minimum_frame(calc, atoms, index: int, epsilon: float, kind: str,
                    fmax: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """The teacher-relaxed ``atoms`` as a frame with its full Hessian (3N unit probes), and a summary."""
     from ..evaluation.vibrations import relax
@@ -145,9 +181,12 @@ def _minimum_frame(calc, atoms, index: int, epsilon: float,
     n = len(relaxed)
     probes = np.eye(3 * n).reshape(3 * n, n, 3)
     values = fd_hvp(calc, relaxed, probes, epsilon)
+    if kind == "modes":
+        h = values.reshape(3 * n, 3 * n).T  # probe k is e_k: column k of H
+        probes, values = mode_probes(relaxed, 0.5 * (h + h.T))
     frame = {"atomic_numbers": relaxed.numbers, "positions": relaxed.positions,
              "cell": np.asarray(relaxed.cell), "pbc": relaxed.pbc, "input_index": index, **labels,
-             "hvp": {"probes": probes, "values": values, "epsilon": np.full(3 * n, epsilon)}}
+             "hvp": {"probes": probes, "values": values, "epsilon": np.full(len(probes), epsilon)}}
     # BFGS: one force call per step and one at the start; the labels; two per Hessian column
     info = {"relax_steps": steps, "max_force": float(np.linalg.norm(labels["forces"], axis=1).max()),
             "teacher_calls": steps + 2 + 6 * n}

@@ -62,7 +62,37 @@ def test_writes_the_full_hessian_at_each_molecular_minimum(tmp_path):
             # the same minimum the vibrations stage finds (same relaxation)
             ref = harmonic_frequencies(atoms, EMT())
             np.testing.assert_allclose(relaxed.positions, ref.atoms.positions, atol=1e-10)
-    assert any("Hessian columns" in line for line in logged)
+    assert sum("its Hessian along" in line for line in logged) == 2
+
+
+def test_mode_probes_weigh_each_mode_by_its_frequency_error():
+    """``probes: modes``: values are H p exactly, no rigid-body motion, and to first order the error of
+    H along a probe's own direction is the frequency error of its mode, times one common factor."""
+    from mlff_calc.evaluation.vibrations import _TO_INVCM, internal_frequencies, relax
+    from mlff_calc.workflow.minima import MIN_FREQUENCY, mode_probes
+
+    atoms, _ = relax(molecule("CH3OH"), EMT())
+    h = hessian(atoms, EMT())
+    probes, values = mode_probes(atoms, h)
+    n = len(atoms)
+    assert probes.shape == values.shape == (3 * n - 6, n, 3)
+    p = probes.reshape(len(probes), -1)
+    np.testing.assert_allclose(values.reshape(len(values), -1), p @ h, atol=1e-12)  # h symmetric
+    masses = atoms.get_masses()
+    assert np.abs(np.einsum("kia,i->ka", probes, masses)).max() < 1e-10  # the centre of mass stays
+    assert np.isclose(np.sqrt(np.mean(np.sum(p**2, axis=1))), 1.0)
+    rng = np.random.default_rng(0)
+    dh = rng.normal(size=h.shape) * 1e-4
+    dh = dh + dh.T
+    freqs = internal_frequencies(atoms, h)  # EMT's methanol: two imaginary and one soft mode
+    exact = internal_frequencies(atoms, h + dh) - freqs
+    along = np.einsum("ka,ab,kb->k", p / np.linalg.norm(p, axis=1)[:, None], dh, p) * _TO_INVCM
+    ratio = exact / along
+    above, soft = freqs >= MIN_FREQUENCY, (freqs > 0) & (freqs < MIN_FREQUENCY)
+    assert above.sum() >= 8 and soft.sum() >= 1
+    # one common factor: every mode weighs its own frequency error alike ...
+    assert np.allclose(ratio[above], np.median(ratio[above]), rtol=0.02), ratio
+    assert (ratio[soft] > 1.2 * np.median(ratio[above])).all()  # ... but modes below the floor less
 
 
 def test_resume_labels_only_unfinished_seeds(tmp_path):
@@ -161,6 +191,7 @@ def test_recipe_values_are_checked_naming_the_key():
     assert load_recipe("standard")["labelling"]["hessian_at_minima"]["enabled"] is False
     for key, value, message in (("copies", 0, r"hessian_at_minima\.copies: must be >= 1"),
                                 ("epsilon", 0.5, r"hessian_at_minima\.epsilon: must be in \(0, 0\.1\]"),
+                                ("probes", "random", r"hessian_at_minima\.probes: must be one of cartesian"),
                                 ("enabled", "yes", r"hessian_at_minima\.enabled: expected bool")):
         with pytest.raises(ValueError, match=message):
             load_recipe("quick", overrides={f"labelling.hessian_at_minima.{key}": value})
