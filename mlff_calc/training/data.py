@@ -41,6 +41,7 @@ class TrainingData:
     has_stress: bool  # at least one training frame has a stress label
     teacher: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
+    train_only: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # data.train_only
 
 
 def _frame_name(i: int, reader: DatasetReader) -> str:
@@ -172,6 +173,8 @@ def load_training_data(config: TrainConfig, dtype: torch.dtype) -> TrainingData:
         elements=elements, has_forces=has_forces,
         has_stress=bool(np.isfinite(stress[np.unique(train)]).all(axis=1).any()),
         teacher=reader.header["teacher"], summary=summary,
+        train_only=np.arange(len(reader), len(reader) + (len(extra) if extra is not None else 0),
+                             dtype=np.int64),
     )
 
 
@@ -227,17 +230,60 @@ def fit_energy_statistics(data: TrainingData, max_z: int) -> tuple[np.ndarray, f
     return atom_ref, scale, shift
 
 
+class GroupedBatches(torch.utils.data.Sampler):
+    """Shuffled batches of positions ``0..n-1`` in which the positions in ``group`` are batched only with
+    each other (the ``data.train_only`` frames: with curvature labels, a batch costs a second backward pass,
+    ~2.3x, so they are packed into as few batches as possible). The batch order is shuffled too, so they
+    are spread over the epoch. Reshuffled with ``(seed, epoch)`` (``set_epoch``): a resumed run sees the
+    same batches. Process ``rank`` of ``world`` takes every ``world``-th batch, the list padded by
+    repeating its first batches so that every process steps equally often (as ``DistributedSampler``)."""
+
+    def __init__(self, n: int, group: np.ndarray, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        grouped = np.isin(np.arange(n), group)
+        self.parts = (np.flatnonzero(~grouped), np.flatnonzero(grouped))
+        self.batch_size, self.seed, self.rank, self.world, self.epoch = batch_size, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = [perm[i:i + self.batch_size] for part in self.parts if len(part)
+                   for perm in [rng.permutation(part)] for i in range(0, len(perm), self.batch_size)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        pad = -len(batches) % self.world
+        return batches + batches[:pad]
+
+    def __iter__(self):
+        return iter([b.tolist() for b in self._batches()[self.rank::self.world]])
+
+    def __len__(self) -> int:
+        count = sum(-(-len(part) // self.batch_size) for part in self.parts)
+        return -(-count // self.world)
+
+
+def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """Reshuffle a training loader of :func:`make_loader` for ``epoch``."""
+    sampler = loader.batch_sampler if isinstance(loader.batch_sampler, GroupedBatches) else loader.sampler
+    sampler.set_epoch(epoch)
+
+
 def make_loader(data: TrainingData, indices: np.ndarray, batch_size: int, cutoff: float, *, shuffle: bool,
                 seed: int, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
     """Batches of ``indices`` with precomputed neighbour lists.
 
     Training (``shuffle``): a ``DistributedSampler`` (also for one process) reshuffles with ``seed + epoch``
-    (call ``loader.sampler.set_epoch``), so the order is a function of the epoch alone and a resumed run
-    sees the same batches. Evaluation: process ``rank`` takes every ``world``-th frame, no padding, so
-    summed metrics over processes count each frame once.
+    (call :func:`set_epoch`), so the order is a function of the epoch alone and a resumed run sees the same
+    batches; ``data.train_only`` frames are batched among themselves (:class:`GroupedBatches`).
+    Evaluation: process ``rank`` takes every ``world``-th frame, no padding, so summed metrics over
+    processes count each frame once.
     """
     subset = torch.utils.data.Subset(data.dataset, indices.tolist())
     fn = functools.partial(collate, cutoff=cutoff)
+    if shuffle and len(data.train_only):
+        group = np.flatnonzero(np.isin(indices, data.train_only))
+        batches = GroupedBatches(len(indices), group, batch_size, seed, rank, world)
+        return torch.utils.data.DataLoader(subset, batch_sampler=batches, collate_fn=fn)
     if shuffle:
         sampler = torch.utils.data.DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True,
                                                       seed=seed)

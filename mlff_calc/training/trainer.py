@@ -32,7 +32,7 @@ from ..errors import InputError, ModelOutputError
 from ..model.student import StudentForceField
 from ..utils import resolve_device, resolve_dtype
 from .config import TrainConfig, config_from_dict, dump_config, load_config
-from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader
+from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader, set_epoch
 from .distributed import Distributed, init_distributed, parameters_in_sync, shutdown
 from .loss import ErrorSums, batch_loss, combined_probe
 from .optim import EMA, LRSchedule
@@ -231,7 +231,7 @@ class _Trainer:
         """One pass over the training split; stops early (``out_of_time``) when the budget is reached."""
         cfg, p = self.cfg, self.progress
         self.model.train()
-        self.train_loader.sampler.set_epoch(epoch)
+        set_epoch(self.train_loader, epoch)
         sums, n_batches, out_of_time = ErrorSums(self.device), 0, False
         from tqdm import tqdm
 

@@ -233,3 +233,19 @@ def test_distill_stage_records_resumes_and_feeds_training(tmp_path):
     r = distill("emt", seeds(), run, recipe=recipe(tmp_path, "c.yaml", enabled=False), quiet=True)
     assert "label_minima" not in r.ran and "train" in r.ran
     assert "train_only: ''" in (run / "train/config.yaml").read_text()
+
+
+def test_train_only_frames_are_batched_among_themselves():
+    from mlff_calc.training.data import GroupedBatches
+
+    group = np.arange(20, 26)  # 6 train-only positions among 26, batches of 4
+    batches = list(GroupedBatches(26, group, 4, seed=0))
+    assert sorted(i for b in batches for i in b) == list(range(26))  # each position once per epoch
+    assert all(set(b) <= set(group.tolist()) or not set(b) & set(group.tolist()) for b in batches)
+    assert sum(bool(set(b) & set(group.tolist())) for b in batches) == 2  # ceil(6 / 4): as few as possible
+    assert len(batches) == len(GroupedBatches(26, group, 4, seed=0)) == 7
+    again, other = GroupedBatches(26, group, 4, seed=0), GroupedBatches(26, group, 4, seed=0)
+    other.set_epoch(1)
+    assert list(again) == batches and list(other) != batches  # a function of (seed, epoch) alone
+    ranks = [list(GroupedBatches(26, group, 4, seed=0, rank=r, world=3)) for r in range(3)]
+    assert [len(r) for r in ranks] == [3, 3, 3]  # 7 batches padded to 9: every process steps alike
