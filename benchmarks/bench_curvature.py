@@ -130,35 +130,38 @@ def minima_run(out: Path, budget: int, base_interval: int, weight: float, max_ti
 
 def at_minima_runs(out: Path, variants: list[str], max_time: float | None, epochs: int | None) -> list[dict]:
     """``labelling.hessian_at_minima`` as shipped (the recipe option, not the --minima experiment): one
-    forces-only distill of the quick preset, then one per variant ``probes:copies:hvp_weight`` on the very
-    same sampled and labelled frames (copied with their stage records, so only the minima labels, the
-    training and what follows run again)."""
+    forces-only distill of the quick preset (option off), then one per variant
+    ``probes:copies:hvp_weight[:max_time]`` (or ``forces:max_time``) on the very same sampled and labelled
+    frames (copied with their stage records, so only the minima labels, the training and what follows run
+    again). ``max_time`` of a variant replaces the common budget (the option's time cost, repaid)."""
     import shutil
 
     from mlff_calc.demo import seed_structures
     from mlff_calc.pipeline import distill
 
-    budget = {"training.run.max_time": None, "training.run.epochs": epochs} if epochs else \
-        {"training.run.max_time": max_time}
     runs = []
     for spec in ["forces", *variants]:
         run_dir = out / spec.replace(":", "_")
-        overrides = dict(budget)
-        if spec != "forces":
-            probes, copies, weight = spec.split(":")
+        fields = spec.split(":")
+        own_time = float(fields.pop()) if len(fields) in (2, 4) else None
+        budget = {"training.run.max_time": None, "training.run.epochs": epochs} if epochs and not own_time \
+            else {"training.run.max_time": own_time or max_time}
+        overrides = {**budget, "labelling.hessian_at_minima.enabled": False, "training.loss.hvp_weight": 0.0}
+        if spec != "forces" and not (run_dir / "state.json").exists():  # the forces-only run's frames, labels
+            run_dir.mkdir(parents=True)
+            for rel in ("frames", "data", "seeds.extxyz", "state.json"):
+                src = out / "forces" / rel
+                (shutil.copytree if src.is_dir() else shutil.copyfile)(src, run_dir / rel)
+        if fields[0] != "forces":
+            probes, copies, weight = fields
             overrides.update({"labelling.hessian_at_minima.enabled": True,
                               "labelling.hessian_at_minima.probes": probes,
                               "labelling.hessian_at_minima.copies": int(copies),
                               "training.loss.hvp_weight": float(weight)})
-            if not (run_dir / "state.json").exists():  # the forces-only run's frames and labels
-                run_dir.mkdir(parents=True)
-                for rel in ("frames", "data", "seeds.extxyz", "state.json"):
-                    src = out / "forces" / rel
-                    (shutil.copytree if src.is_dir() else shutil.copyfile)(src, run_dir / rel)
         start = time.monotonic()
         s = distill(TEACHER, seed_structures(), run_dir, preset="quick", overrides=overrides, quiet=True).summary
         minima = json.loads((run_dir / "state.json").read_text())["stages"].get("label_minima", {})
-        runs.append({"variant": spec, "force_mae": s["force_mae_ev_per_ang"],
+        runs.append({"variant": spec if spec != "forces" else "forces only", "force_mae": s["force_mae_ev_per_ang"],
                      "energy_mae": s["energy_mae_ev_per_atom"], "epochs": s["training"]["epochs"],
                      "train_s": s["training"]["train_time_s"], "frequencies": s["frequencies"],
                      "per_seed": json.loads((run_dir / "vibrations/vibrations.json").read_text())["per_seed"],
@@ -178,10 +181,11 @@ def at_minima_section(runs: list[dict], args, started, minutes: float) -> str:
         + (f"--epochs {args.epochs}" if args.epochs else f"--max-time {args.max_time:g}")
         + f"` ({len(runs)} runs, {minutes:.0f} min)",
         f"- Quickstart (`quick` preset: 750 MD frames, GFN2-xTB), {budget} of training per run; every run trains "
-        "on the same sampled and labelled frames. A variant `probes:copies:w` adds the teacher's Hessian at "
+        "on the same sampled and labelled frames. A variant `probes:copies:w[:s]` adds the teacher's Hessian at "
         "each seed's minimum (`data/minima.h5`: relaxation + 6N force calls per seed), trained on `copies` "
         "times per epoch (never validation) with `training.loss.hvp_weight` w; `cartesian`: the 3N unit "
-        "probes, `modes`: the 3N-6 normal modes weighted by the frequency error each causes.",
+        "probes, `modes`: the 3N-6 normal modes weighted by the frequency error each causes; `s`: its own "
+        "training seconds instead of the common budget (`forces:s` likewise).",
         "- Force and energy MAE: 90 held-out frames of independent trajectories. Frequencies: 51 internal modes "
         "of the three molecules, each model relaxed by itself; **in-sample for the curvature runs** (their "
         "training frames hold the teacher's Hessian at those very minima), unlike the force MAE. Train s and "
@@ -292,7 +296,8 @@ def main(argv=None) -> int:
                    help="the recipe option labelling.hessian_at_minima: forces only, then each --variants "
                         "entry on the same frames; writes the section bench_curvature_at_minima")
     p.add_argument("--variants", nargs="+", default=["modes:10:1"],
-                   help="with --at-minima: probes:copies:hvp_weight, e.g. modes:10:1 cartesian:10:1")
+                   help="with --at-minima: probes:copies:hvp_weight[:max_time] or forces:max_time, e.g. "
+                        "modes:10:30 cartesian:10:1 modes:10:30:320 (own training seconds)")
     p.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -7,7 +7,7 @@ crash-safe, one commit per seed, a re-run labels only the seeds not yet done), a
 then trains on ``data/train.h5`` plus these frames, ``copies`` times each per epoch and never in the
 validation split (``training.data.train_only``). The ``vibrations`` stage reads the teacher's relaxed
 geometry and Hessian from here instead of recomputing them when they were made exactly as it would make
-them (same relaxation, same finite-difference step): the same numbers, fewer teacher calls.
+them (same relaxation, same finite-difference step): the same numbers (to rounding), fewer teacher calls.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def teacher_frequencies(ctx: Context, index: int, fmax: float, delta: float):
     import numpy as np
 
     from ..data.hdf5 import DatasetReader
-    from ..evaluation.vibrations import Frequencies, internal_frequencies
+    from ..evaluation.vibrations import _TO_INVCM, Frequencies, internal_basis, internal_frequencies
 
     path = ctx.path(FILE)
     if not enabled(ctx.recipe) or not Path(path).is_file():
@@ -88,14 +88,27 @@ def teacher_frequencies(ctx: Context, index: int, fmax: float, delta: float):
             return None
         frame, atoms = reader.frame(int(rows[0])), reader.atoms(int(rows[0]))
     hvp, n = frame["hvp"], len(atoms)
-    if hvp is None or len(hvp["epsilon"]) != 3 * n or not np.allclose(hvp["probes"].reshape(3 * n, 3 * n),
-                                                                        np.eye(3 * n)):
+    if hvp is None:
         return None
-    h = hvp["values"].reshape(3 * n, 3 * n).T  # probe k is e_k: column k of H
-    h = 0.5 * (h + h.T)  # symmetrised, as evaluation.vibrations.hessian does
-    max_force = float(np.linalg.norm(frame["forces"], axis=1).max())
+    probes = hvp["probes"].reshape(len(hvp["epsilon"]), 3 * n).T  # (3N, K)
+    values = hvp["values"].reshape(len(hvp["epsilon"]), 3 * n).T  # (3N, K): H @ probes
     atoms.calc = None
-    return Frequencies(atoms, internal_frequencies(atoms, h), max_force, relax_steps=-1)
+    if made.get("probes") == "cartesian" and np.array_equal(probes, np.eye(3 * n)):
+        h = 0.5 * (values + values.T)  # column k is H e_k; symmetrised as evaluation.vibrations.hessian does
+        freqs = internal_frequencies(atoms, h)
+    elif made.get("probes") == "modes" and probes.shape[1] == internal_basis(atoms).shape[1]:
+        # The probes span the internal coordinates (M^1/2 P = U C, U orthonormal there): the Rayleigh-Ritz
+        # problem Pᵀ H P x = λ Pᵀ M P x has exactly the internal eigenvalues of H, rounding aside.
+        import scipy.linalg
+
+        m = np.repeat(atoms.get_masses(), 3)
+        a = probes.T @ values
+        lam = scipy.linalg.eigh(0.5 * (a + a.T), probes.T @ (m[:, None] * probes), eigvals_only=True)
+        freqs = np.sign(lam) * np.sqrt(np.abs(lam)) * _TO_INVCM
+    else:
+        return None
+    max_force = float(np.linalg.norm(frame["forces"], axis=1).max())
+    return Frequencies(atoms, freqs, max_force, relax_steps=-1)
 
 
 STAGE = Stage("label_minima", "the teacher's Hessian at each seed's minimum", (), (FILE, FILE + ".journal"),

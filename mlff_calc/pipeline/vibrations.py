@@ -85,7 +85,7 @@ def section(info: dict[str, Any]) -> str:
     if reused:
         lines += [f"The teacher's minimum and Hessian of {', '.join(reused)} are those of `data/minima.h5` "
                   "(`labelling.hessian_at_minima`: the same relaxation and finite-difference step, so the "
-                  "same numbers). Those minima are training frames: for curvature these frequencies are "
+                  "same numbers to rounding). Those minima are training frames: for curvature these frequencies are "
                   "in-sample (the held-out force MAE is not).", ""]
     if info["per_seed"]:
         lines += [f"Over {s['modes']} modes of {s['seeds']} molecule(s): MAE **{s['mae_cm1']:.2f} cm⁻¹**, "

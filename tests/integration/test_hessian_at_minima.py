@@ -249,3 +249,28 @@ def test_train_only_frames_are_batched_among_themselves():
     assert list(again) == batches and list(other) != batches  # a function of (seed, epoch) alone
     ranks = [list(GroupedBatches(26, group, 4, seed=0, rank=r, world=3)) for r in range(3)]
     assert [len(r) for r in ranks] == [3, 3, 3]  # 7 batches padded to 9: every process steps alike
+
+
+@pytest.mark.parametrize("probes", ["cartesian", "modes"])
+def test_vibrations_stage_reads_the_teacher_side_back_unchanged(tmp_path, probes):
+    """The teacher's frequencies from data/minima.h5 are those the vibrations stage would compute."""
+    from types import SimpleNamespace
+
+    from mlff_calc.data.structures import fingerprint
+    from mlff_calc.evaluation.vibrations import DELTA, FMAX
+    from mlff_calc.pipeline.minima import FILE, teacher_frequencies
+
+    atoms = [molecule("CH4"), bulk("Cu", "fcc", a=3.6, cubic=True), molecule("H2O")]
+    (tmp_path / "data").mkdir()
+    label_minima(atoms, tmp_path / FILE, EMT, SPEC, epsilon=DELTA, probes=probes)
+    ctx = SimpleNamespace(path=lambda rel: tmp_path / rel, seeds_sha256=fingerprint(atoms),
+                          teacher_spec=lambda: SPEC,
+                          recipe={"labelling": {"hessian_at_minima": {"enabled": True}}})
+    for i in (0, 2):
+        known, ref = teacher_frequencies(ctx, i, FMAX, DELTA), harmonic_frequencies(atoms[i], EMT())
+        np.testing.assert_allclose(known.frequencies, ref.frequencies, atol=1e-6)
+        np.testing.assert_allclose(known.atoms.positions, ref.atoms.positions, atol=1e-12)
+    assert teacher_frequencies(ctx, 1, FMAX, DELTA) is None  # the periodic seed has none
+    assert teacher_frequencies(ctx, 0, FMAX, 2 * DELTA) is None  # made with another step: recomputed
+    ctx.seeds_sha256 = "other seeds"
+    assert teacher_frequencies(ctx, 0, FMAX, DELTA) is None
