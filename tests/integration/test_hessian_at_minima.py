@@ -274,3 +274,14 @@ def test_vibrations_stage_reads_the_teacher_side_back_unchanged(tmp_path, probes
     assert teacher_frequencies(ctx, 0, FMAX, 2 * DELTA) is None  # made with another step: recomputed
     ctx.seeds_sha256 = "other seeds"
     assert teacher_frequencies(ctx, 0, FMAX, DELTA) is None
+
+
+def test_quickstart_checks_the_frequency_bar():
+    from mlff_calc.demo import acceptance
+
+    summary = {"force_mae_ev_per_ang": 0.02, "nve": {}, "md_steps": 2000,
+               "frequencies": {"seeds": 3, "modes": 51, "mae_cm1": 1.1, "max_error_cm1": 3.9}}
+    assert [ok for _, ok in acceptance(summary)] == [True, True]
+    for bad in ({"mae_cm1": 3.2, "max_error_cm1": 3.9}, {"mae_cm1": 1.1, "max_error_cm1": 15.5}, None):
+        freq = None if bad is None else {**summary["frequencies"], **bad}
+        assert acceptance({**summary, "frequencies": freq})[1][1] is False
