@@ -180,12 +180,12 @@ def _train_sections(ctx: Context, picked: dict[str, tuple[str, ...]], keep: bool
 
 
 def _train_key(ctx: Context) -> dict:
+    from .minima import enabled
+
     skip = {s: _TRAIN_UNHASHED.get(s, ()) + _TRAIN_CONTINUABLE.get(s, ()) for s in ctx.recipe["training"]}
     key = _train_sections(ctx, skip, keep=False)
     if key["loss"].get("hvp_weight") == 0:  # off: the key of runs made before the curvature term existed
         del key["loss"]["hvp_weight"]
-    from .minima import enabled
-
     if enabled(ctx.recipe):  # off: no entry, the key of runs made before the option existed
         key["hessian_at_minima_copies"] = ctx.recipe["labelling"]["hessian_at_minima"]["copies"]
     return key
