@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The quickstart: `mlff-calc distill` of GFN2-xTB (offline) for ethanol, methylamine and acetaldehyde into
-# runs/demo (~7 min on 2 CPU cores): sample, label, train, compare on held-out frames, NVE check; prints
-# the summary. Re-running skips finished stages (rm -rf runs/demo to start over).
+# runs/demo (~7 min on 2 CPU cores): sample, label, train, compare on held-out frames, NVE check,
+# harmonic frequencies; prints the summary. Re-running skips finished stages (rm -rf runs/demo to start over).
 demo: install
 	$(PY) -m mlff_calc.demo
 

@@ -34,7 +34,7 @@ VIRIAL = "virial"  # (B, 3, 3)  float | eV, = -∂E/∂ε (ASE/LAMMPS sign)
 HVP = "hvp"  # (N, 3) model output / (N, K, 3) batch label | eV/Å², Hessian times a probe direction
 
 # ---- curvature labels in a batch (only when the dataset has them; K = most probes of any structure) ---
-HVP_PROBES = "hvp_probes"  # (N, K, 3)  float | unit probe directions, zeros past a structure's own count
+HVP_PROBES = "hvp_probes"  # (N, K, 3)  float | probe directions (unit, or weighted), zeros past a structure's own count
 N_PROBES = "n_probes"  # (B,)       int64 | probes stored for each structure (0: none)
 HVP_TARGET = "hvp_target"  # (N, 3) float | eV/Å², the label of the one combined probe a step trains on
 

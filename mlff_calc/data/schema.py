@@ -14,6 +14,7 @@ Layout (DESIGN.md), ``S`` structures with ``A`` atoms in total, ``F`` failed fra
     /labels/hvp_structure      (P,)       int64    optional curvature labels: structure row of each probe
     /labels/hvp_epsilon        (P,)       float64  Å, the central-difference step of each probe
     /labels/hvp_probe          (Q, 3)     float64  probe directions v, unit norm over each probe's 3n values
+                                                   (normal-mode probes: their norm is their loss weight)
     /labels/hvp                (Q, 3)     float64  eV/Å², H v (the teacher's Hessian times v)
     /failures/input_index      (F,)       int64    input frames the teacher failed on ...
     /failures/reason           (F,)       str      ... and why

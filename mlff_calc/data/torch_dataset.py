@@ -41,7 +41,8 @@ class H5Dataset(torch.utils.data.Dataset):
     ``dtype``: float dtype of the labels (float64 = the stored precision); positions and cell stay
     float64, so that far from the origin nothing is lost before :func:`collate` takes differences. ``preload``: read the whole
     file into memory once (fast epochs); otherwise every item is read lazily, and the HDF5 handle is
-    reopened in each DataLoader worker.
+    reopened in each DataLoader worker. ``max_probes``: pad the curvature labels to at least this many
+    slots K (items of several files batched together need the same K; 0 = the file's own).
     """
 
     def __init__(
@@ -49,13 +50,14 @@ class H5Dataset(torch.utils.data.Dataset):
         path: str | os.PathLike | DatasetReader,
         dtype: torch.dtype = torch.float64,
         preload: bool = False,
+        max_probes: int = 0,
     ):
         self.reader = path if isinstance(path, DatasetReader) else DatasetReader(path)
         self.dtype = dtype
         self._arrays = self.reader.arrays() if preload else None
         # Curvature labels: probe p of structure s has rows probe_rows[p]:probe_rows[p] + n_atoms[s].
         probed = self.reader.hvp_structure
-        self.max_probes = int(self.reader.n_probes.max()) if len(probed) else 0
+        self.max_probes = max(int(self.reader.n_probes.max()) if len(probed) else 0, int(max_probes))
         self._probe_rows = np.concatenate([[0], np.cumsum(self.reader.n_atoms[probed])]).astype(np.int64)
         self._probes_of = {}
         for p, s in enumerate(probed.tolist()):
@@ -112,6 +114,39 @@ class H5Dataset(torch.utils.data.Dataset):
             item[K.HVP] = torch.tensor(values, **real)
             item[K.N_PROBES] = torch.tensor([count], dtype=torch.int64)
         return item
+
+
+class JoinedDataset(torch.utils.data.Dataset):
+    """Several :class:`H5Dataset` as one: index ``i`` runs through ``parts[0]``, then ``parts[1]``, ...
+
+    Training uses it for a dataset plus frames that always train (``data.train_only``). Every part must
+    pad its curvature labels to the same K (``H5Dataset(max_probes=...)``), so that items batch together.
+    """
+
+    def __init__(self, parts: Sequence[H5Dataset]):
+        if not parts or len({p.max_probes for p in parts}) != 1:
+            raise ValueError("JoinedDataset needs at least one part, all with the same max_probes")
+        self.parts = list(parts)
+        self.max_probes = self.parts[0].max_probes
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)  # (parts + 1,)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, i: int) -> tuple[H5Dataset, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} structures")
+        i = int(i) % len(self)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k], i - int(self.starts[k])
+
+    def _frame(self, i: int) -> dict:
+        part, j = self._locate(i)
+        return part._frame(j)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        part, j = self._locate(i)
+        return part[j]
 
 
 def collate(items: Sequence[dict[str, torch.Tensor]], cutoff: float | None = None) -> dict[str, torch.Tensor]:

@@ -18,6 +18,8 @@ from ase.optimize import BFGS
 
 from ..errors import InputError
 
+FMAX = 1e-3  # eV/Å, the relaxation's convergence
+DELTA = 0.005  # Å, the central-difference step of the Hessian
 # sqrt(eV / Å² / amu) -> cm⁻¹ (hbar ω in eV, divided by the energy of one cm⁻¹)
 _TO_INVCM = units._hbar * 1e10 / np.sqrt(units._e * units._amu) / units.invcm
 
@@ -33,7 +35,7 @@ class Frequencies:
     relax_steps: int
 
 
-def relax(atoms: Atoms, calc: BaseCalculator, fmax: float = 1e-3, steps: int = 1000) -> tuple[Atoms, int]:
+def relax(atoms: Atoms, calc: BaseCalculator, fmax: float = FMAX, steps: int = 1000) -> tuple[Atoms, int]:
     """A copy of ``atoms`` relaxed with BFGS to ``fmax`` eV/Å (or ``steps`` steps) on ``calc``."""
     work = atoms.copy()
     work.calc = calc
@@ -42,7 +44,7 @@ def relax(atoms: Atoms, calc: BaseCalculator, fmax: float = 1e-3, steps: int = 1
     return work, int(opt.nsteps)
 
 
-def hessian(atoms: Atoms, calc: BaseCalculator, delta: float = 0.005) -> np.ndarray:
+def hessian(atoms: Atoms, calc: BaseCalculator, delta: float = DELTA) -> np.ndarray:
     """``(3N, 3N)`` eV/Å², symmetrised, by central differences of ``calc``'s forces (step ``delta`` Å)."""
     x0 = atoms.positions.copy()
     work = atoms.copy()
@@ -60,13 +62,12 @@ def hessian(atoms: Atoms, calc: BaseCalculator, delta: float = 0.005) -> np.ndar
     return 0.5 * (h + h.T)
 
 
-def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
-    """Frequencies (cm⁻¹, ascending, imaginary < 0) of the Hessian ``h`` with rigid-body motions removed."""
+def internal_basis(atoms: Atoms) -> np.ndarray:
+    """``(3N, 3N - 6)`` (``3N - 5`` if linear): orthonormal mass-weighted coordinates with the rigid-body
+    motions (translations, rotations about the centre of mass) removed exactly (Eckart)."""
     masses = atoms.get_masses()
     if len(atoms) < 2:
         raise InputError("a single atom has no vibrations")
-    sqrt_m = np.repeat(np.sqrt(masses), 3)
-    hm = h / np.outer(sqrt_m, sqrt_m)
     centred = atoms.positions - atoms.get_center_of_mass()
     rigid = []
     for axis in np.eye(3):
@@ -74,13 +75,20 @@ def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
         rigid.append((np.cross(axis, centred) * np.sqrt(masses)[:, None]).reshape(-1))  # rotation
     basis, s, _ = np.linalg.svd(np.array(rigid).T, full_matrices=True)
     rank = int((s > 1e-6 * s.max()).sum())  # 5 for a linear molecule, 6 otherwise
-    internal = basis[:, rank:]  # orthonormal complement of the rigid-body motions
+    return basis[:, rank:]  # orthonormal complement of the rigid-body motions
+
+
+def internal_frequencies(atoms: Atoms, h: np.ndarray) -> np.ndarray:
+    """Frequencies (cm⁻¹, ascending, imaginary < 0) of the Hessian ``h`` with rigid-body motions removed."""
+    sqrt_m = np.repeat(np.sqrt(atoms.get_masses()), 3)
+    hm = h / np.outer(sqrt_m, sqrt_m)
+    internal = internal_basis(atoms)
     eigenvalues = np.linalg.eigvalsh(internal.T @ hm @ internal)
     return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * _TO_INVCM
 
 
 def harmonic_frequencies(
-    atoms: Atoms, calc: BaseCalculator, fmax: float = 1e-3, delta: float = 0.005, steps: int = 1000
+    atoms: Atoms, calc: BaseCalculator, fmax: float = FMAX, delta: float = DELTA, steps: int = 1000
 ) -> Frequencies:
     """Relax ``atoms`` on ``calc``, then its internal harmonic frequencies (molecules: no periodic cell)."""
     if atoms.pbc.any():
@@ -91,16 +99,19 @@ def harmonic_frequencies(
     return Frequencies(relaxed, freqs, max_force, n_steps)
 
 
-def compare_frequencies(seeds, student: BaseCalculator, teacher: BaseCalculator, **kwargs) -> dict:
+def compare_frequencies(seeds, student: BaseCalculator, teacher: BaseCalculator, teacher_known=None,
+                        **kwargs) -> dict:
     """Student vs teacher frequencies at each model's own minimum, for every seed molecule.
 
-    ``seeds``: ``[(name, atoms)]``. Returns ``{"per_seed": [{name, formula, student_cm1, teacher_cm1,
-    mae_cm1, max_error_cm1}], "mae_cm1", "max_error_cm1"}`` (modes matched in ascending order).
+    ``seeds``: ``[(name, atoms)]``. ``teacher_known``: ``[Frequencies | None]`` per seed, the teacher's
+    already computed the same way (None: compute). Returns ``{"per_seed": [{name, formula, student_cm1,
+    teacher_cm1, mae_cm1, max_error_cm1}], "mae_cm1", "max_error_cm1"}`` (modes matched in ascending order).
     """
     rows, errors = [], []
-    for name, atoms in seeds:
+    for k, (name, atoms) in enumerate(seeds):
         s = harmonic_frequencies(atoms, student, **kwargs)
-        t = harmonic_frequencies(atoms, teacher, **kwargs)
+        t = teacher_known[k] if teacher_known is not None and teacher_known[k] is not None \
+            else harmonic_frequencies(atoms, teacher, **kwargs)
         err = np.abs(s.frequencies - t.frequencies)
         errors.append(err)
         rows.append({"name": name, "formula": atoms.get_chemical_formula(),

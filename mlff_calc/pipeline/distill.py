@@ -37,7 +37,7 @@ from .. import io
 from ..errors import InputError
 from .recipe import dump_recipe, load_recipe, read_yaml
 from ..evaluation.gates import check_summary, report_lines
-from .stages import STAGES, Context, active_stages, assemble_report
+from .stages import Context, active_stages, assemble_report
 from .state import RunState, digest
 
 
@@ -147,7 +147,7 @@ def _run_stages(ctx: Context, state: RunState) -> tuple[list[str], list[str]]:
     ran, skipped = [], []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stages = active_stages(ctx.recipe)
-    if "onpolicy" in state.stages and len(stages) == len(STAGES):  # rounds set back to 0
+    if "onpolicy" in state.stages and "onpolicy" not in {s.name for s in stages}:  # rounds set back to 0
         _supersede(ctx.run_dir, ("onpolicy",), stamp)
         state.forget([n for n in list(state.stages) if n.startswith("onpolicy")])
         if ctx.path("train/student.pt").is_file():  # the offline student is the run's student again

@@ -7,10 +7,12 @@ Sections (each key documented in ``mlff_calc/recipes/standard.yaml``)::
     heldout:    independent evaluation trajectories: frames (per seed), seed (!= sampling.seed),
                 temperatures (K; null = sampling's); everything else as in sampling
     labelling:  batch_size (frames per commit), commit_interval (s), hvp_fraction (frames with curvature
-                labels, 0 = off), hvp_probes (per such frame, 2 teacher calls each), hvp_epsilon (Å)
+                labels, 0 = off), hvp_probes (per such frame, 2 teacher calls each), hvp_epsilon (Å),
+                hessian_at_minima: {enabled, copies (per epoch), epsilon (Å)} (the teacher's Hessian at
+                each molecular seed's minimum as training frames; :mod:`.minima`)
     training:   the training schema (model / data / loss / optim / run, as ``mlff-calc train --config``);
-                data.path and run.out belong to distill and are refused here; run.num_threads also
-                sets torch's threads for the evaluation and the MD check
+                data.path, data.train_only(_repeat) and run.out belong to distill and are refused here;
+                run.num_threads also sets torch's threads for the evaluation and the MD check
     evaluation: max_frames (held-out frames compared), nve_steps (compare's own student NVE; 0 = none),
                 teacher_md (also run teacher MD for the RDF)
     md:         the stability check: steps, timestep (fs), temperature (K, initial velocities), dtypes
@@ -63,12 +65,30 @@ class HeldoutConfig:
 
 
 @dataclass
+class HessianAtMinimaConfig:
+    """The teacher's full Hessian at each molecular seed's own minimum (:mod:`.minima`), as training frames."""
+
+    enabled: bool
+    copies: int  # times each minimum frame is trained on per epoch (always in the training split)
+    epsilon: float  # Å, central-difference step of the 6N force calls
+    probes: str  # cartesian (3N unit vectors) | modes (3N - 6 normal modes, weighted by frequency error)
+
+    def checks(self):
+        from ..workflow.minima import PROBES
+
+        return [("copies", self.copies >= 1, "must be >= 1 (times each minimum is trained on per epoch)"),
+                ("epsilon", 0 < self.epsilon <= 0.1, "must be in (0, 0.1] Å"),
+                ("probes", self.probes in PROBES, f"must be one of {', '.join(PROBES)}")]
+
+
+@dataclass
 class LabellingConfig:
     batch_size: int  # frames per commit
     commit_interval: float  # s
     hvp_fraction: float  # of the training frames, also labelled with Hessian-vector products; 0 = off
     hvp_probes: int  # probe directions per such frame (2 teacher calls each)
     hvp_epsilon: float  # Å, central-difference step
+    hessian_at_minima: HessianAtMinimaConfig
 
     def checks(self):
         return [("batch_size", self.batch_size >= 1, "must be >= 1"),
@@ -80,7 +100,12 @@ class LabellingConfig:
 
 # Keys added after run directories already existed: a RUN_DIR/recipe.yaml written before them ran with
 # these values (curvature off), so they are taken as given there rather than refusing the old run.
-_NEWER_KEYS = {"labelling": {"hvp_fraction": 0.0, "hvp_probes": 2, "hvp_epsilon": 0.01}}
+_NEWER_KEYS = {"labelling": {"hvp_fraction": 0.0, "hvp_probes": 2, "hvp_epsilon": 0.01,
+                             "hessian_at_minima": {"enabled": False, "copies": 10, "epsilon": 0.005,
+                                                   "probes": "cartesian"}}}
+# Training settings distill fills in itself (paths in RUN_DIR; the minima frames' repeat comes from
+# labelling.hessian_at_minima.copies): refused in a recipe, absent from RUN_DIR/recipe.yaml.
+_DISTILL_OWNED = ("data.path", "data.train_only", "data.train_only_repeat", "run.out")
 
 
 @dataclass
@@ -198,10 +223,12 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     missing = [s for s in SECTIONS if s not in raw and s not in OPTIONAL_SECTIONS]
     if missing:
         raise InputError(f"recipe: section {missing[0]!r} is missing")
-    for key in ("data.path", "run.out"):  # the two paths distill owns
+    for key in _DISTILL_OWNED:
         section, name = key.split(".")
         if isinstance(raw.get("training"), dict) and name in (raw["training"].get(section) or {}):
-            raise InputError(f"recipe training.{key}: set by distill (RUN_DIR), remove it from the recipe")
+            raise InputError(f"recipe training.{key}: set by distill (RUN_DIR"
+                             f"{', labelling.hessian_at_minima' if 'train_only' in name else ''}), "
+                             "remove it from the recipe")
     raw = {**raw, **{s: {**keys, **raw[s]} for s, keys in _NEWER_KEYS.items() if isinstance(raw[s], dict)}}
     kinds = {"sampling": _sampling_config_class(), "heldout": HeldoutConfig, "labelling": LabellingConfig,
              "evaluation": EvaluationConfig, "md": MDCheckConfig, "onpolicy": OnPolicyConfig}
@@ -211,7 +238,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     sections["gates"] = gates_from_dict(raw.get("gates"), label="recipe", prefix="gates.")
     recipe = schema.validate(Recipe(**sections), label="recipe")
     out = json_safe(dataclasses.asdict(recipe))  # tuples to lists: YAML's safe dumper writes lists
-    for section, name in (("data", "path"), ("run", "out")):  # distill fills these in
+    for key in _DISTILL_OWNED:  # distill fills these in
+        section, name = key.split(".")
         out["training"][section].pop(name)
     return out
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import io
 from ..evaluation.report import json_safe
-from .stages import Context, Stage, _torch_threads
+from .stages import Context, Stage, _torch_threads, set_train_only
 from .state import digest
 
 CONTINUABLE = ("rounds", "teacher_budget", "converge_mae_change", "converge_score")
@@ -283,6 +283,7 @@ def _train(ctx: Context, data: Path, out: Path, init_from: Path) -> dict:
     cfg = ctx.recipe["onpolicy"]
     raw = json.loads(json.dumps(ctx.recipe["training"]))
     raw["data"]["path"], raw["run"]["out"] = str(data), str(out)
+    set_train_only(ctx, raw)  # the Hessians at the seed minima, when the recipe asks for them
     raw["run"].update(epochs=cfg["train_epochs"], max_time=cfg["train_max_time"])
     if ctx.device != "auto":
         raw["run"]["device"] = ctx.device

@@ -180,10 +180,14 @@ def _train_sections(ctx: Context, picked: dict[str, tuple[str, ...]], keep: bool
 
 
 def _train_key(ctx: Context) -> dict:
+    from .minima import enabled
+
     skip = {s: _TRAIN_UNHASHED.get(s, ()) + _TRAIN_CONTINUABLE.get(s, ()) for s in ctx.recipe["training"]}
     key = _train_sections(ctx, skip, keep=False)
     if key["loss"].get("hvp_weight") == 0:  # off: the key of runs made before the curvature term existed
         del key["loss"]["hvp_weight"]
+    if enabled(ctx.recipe):  # off: no entry, the key of runs made before the option existed
+        key["hessian_at_minima_copies"] = ctx.recipe["labelling"]["hessian_at_minima"]["copies"]
     return key
 
 
@@ -201,12 +205,23 @@ def _train(ctx: Context) -> dict:
     if ctx.device != "auto":
         raw["run"]["device"] = ctx.device
     raw["run"]["quiet"] = raw["run"]["quiet"] or ctx.quiet
+    set_train_only(ctx, raw)
     result = train(config_from_dict(raw))
     with io.atomic_path(ctx.path("student.pt")) as tmp:
         shutil.copyfile(result.checkpoint, tmp)
     return {"epochs": result.epochs, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
             "train_time_s": result.train_time, "validation": result.val_metrics, "test": result.test_metrics,
             "checkpoint": "student.pt"}
+
+
+def set_train_only(ctx: Context, raw: dict) -> None:
+    """The frames of labelling.hessian_at_minima (``data/minima.h5``) into the training config ``raw``:
+    training split only, ``copies`` times per epoch."""
+    from .minima import train_only
+
+    extra = train_only(ctx)
+    if extra is not None:
+        raw["data"]["train_only"], raw["data"]["train_only_repeat"] = extra
 
 
 @contextlib.contextmanager
@@ -384,11 +399,20 @@ STAGES: tuple[Stage, ...] = (
 
 
 def active_stages(recipe: dict[str, Any]) -> tuple[Stage, ...]:
-    """``STAGES``, with the on-policy rounds after ``train`` when ``onpolicy.rounds > 0`` (with 0 nothing
-    changes: no stage, no record, the same digests as before the section existed)."""
+    """``STAGES``, with ``label_minima`` after the labels (``train`` and ``vibrations`` then depend on it)
+    when ``labelling.hessian_at_minima.enabled``, and the on-policy rounds after ``train`` when
+    ``onpolicy.rounds > 0``. Off, nothing changes: no stage, no record, the same digests as before the
+    options existed."""
+    import dataclasses
+
+    from .minima import STAGE as MINIMA, enabled as minima_enabled
     from .rounds import STAGE as ONPOLICY
 
-    if not recipe["onpolicy"]["rounds"]:
-        return STAGES
-    at = [s.name for s in STAGES].index("train") + 1
-    return (*STAGES[:at], ONPOLICY, *STAGES[at:])
+    stages = list(STAGES)
+    if minima_enabled(recipe):
+        stages = [dataclasses.replace(s, deps=(*s.deps, MINIMA.name)) if s.name in ("train", "vibrations")
+                  else s for s in stages]
+        stages.insert([s.name for s in stages].index("label_heldout") + 1, MINIMA)
+    if recipe["onpolicy"]["rounds"]:
+        stages.insert([s.name for s in stages].index("train") + 1, ONPOLICY)
+    return tuple(stages)

@@ -37,6 +37,11 @@ class DataConfig:
     test_size: float = 0.1  # 0: no held-out test evaluation
     split_seed: int = 0  # the split never changes with the training seed
     batch_size: int = 16  # structures per optimiser step (per process under DDP)
+    # A second HDF5 dataset whose frames always train, never validate or test (e.g. the teacher's Hessians
+    # at the seed minima, distill's labelling.hessian_at_minima); "" = none. The split of ``path`` is the
+    # same with or without it.
+    train_only: str = ""
+    train_only_repeat: int = 1  # each train_only frame is trained on this many times per epoch
 
 
 @dataclass
@@ -114,6 +119,7 @@ class TrainConfig:
             ("data.test_size", d.test_size < 1 or d.test_size == int(d.test_size),
              "a count (>= 1) must be a whole number"),
             ("data.batch_size", d.batch_size >= 1, "must be >= 1"),
+            ("data.train_only_repeat", d.train_only_repeat >= 1, "must be >= 1 (times per epoch)"),
             ("loss.energy_weight", lo.energy_weight >= 0, "must be >= 0"),
             ("loss.force_weight", lo.force_weight >= 0, "must be >= 0"),
             ("loss.stress_weight", lo.stress_weight >= 0, "must be >= 0"),
@@ -172,8 +178,8 @@ def dump_config(config: TrainConfig, path: str | Path) -> None:
 
 
 # Settings that may change between a run and its resumption; every other one must match.
-RESUMABLE_CHANGES = frozenset({"data.path", "run.out", "run.epochs", "run.max_time", "run.patience",
-                               "run.device", "run.num_threads", "run.quiet"})
+RESUMABLE_CHANGES = frozenset({"data.path", "data.train_only", "run.out", "run.epochs", "run.max_time",
+                               "run.patience", "run.device", "run.num_threads", "run.quiet"})
 
 
 def incompatible_settings(old: dict[str, Any], new: TrainConfig) -> list[str]:

@@ -8,9 +8,10 @@ Loss of a batch (weights from :class:`~mlff_calc.training.config.LossConfig`)::
 
 with ``L`` the structures whose stress is labelled (finite) and ``P`` the atoms of structures with
 curvature labels. Each step trains on one probe per structure, ``v = Σ_k s_k v_k / √K`` with random
-signs ``s_k = ±1`` over its ``K`` stored orthonormal probes (unit norm again; the label is the same sum of
-the stored ``H v_k``, since ``H`` is linear): one double-backward pass, whatever ``K``, and over the
-epochs every stored direction is used (:func:`combined_probe`). Metrics are kept as sums so that they add up
+signs ``s_k = ±1`` over its ``K`` stored probes (for orthonormal probes unit norm again; weighted
+normal-mode probes keep their weights, E|dH v|² = Σ_k |dH v_k|² / K; the label is the same sum of the
+stored ``H v_k``, since ``H`` is linear): one double-backward pass, whatever ``K``, and over the epochs
+every stored direction is used (:func:`combined_probe`). Metrics are kept as sums so that they add up
 exactly over batches and processes: force MAE/RMSE are over Cartesian components (eV/Å), energy errors
 are per atom (eV/atom), cosine similarity is the mean over atoms of cos(F_i, F*_i).
 """

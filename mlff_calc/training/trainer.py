@@ -32,7 +32,7 @@ from ..errors import InputError, ModelOutputError
 from ..model.student import StudentForceField
 from ..utils import resolve_device, resolve_dtype
 from .config import TrainConfig, config_from_dict, dump_config, load_config
-from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader
+from .data import TrainingData, fit_energy_statistics, load_training_data, make_loader, set_epoch
 from .distributed import Distributed, init_distributed, parameters_in_sync, shutdown
 from .loss import ErrorSums, batch_loss, combined_probe
 from .optim import EMA, LRSchedule
@@ -112,7 +112,8 @@ class _Trainer:
         self.use_hvp = self.data.dataset.max_probes > 0 and cfg.loss.hvp_weight > 0
         if cfg.loss.hvp_weight > 0 and not self.use_hvp:
             warnings.warn(f"loss.hvp_weight is {cfg.loss.hvp_weight} but {cfg.data.path} has no curvature "
-                          "labels (label with hvp_fraction > 0); training on the other terms", stacklevel=3)
+                          "labels (distill: labelling.hvp_fraction > 0 or labelling.hessian_at_minima); "
+                          "training on the other terms", stacklevel=3)
         state = read_training_state(self.run_dir / "last.pt", cfg, self._fingerprint())
 
         torch.manual_seed(cfg.run.seed)  # the initial weights are a function of the seed alone
@@ -184,7 +185,10 @@ class _Trainer:
 
     def _fingerprint(self) -> dict[str, Any]:
         """Identifies the dataset a state was trained on (a file that grew changes the split)."""
-        return {"uid": self.data.summary["uid"], "n_frames": len(self.data.dataset)}
+        fingerprint = {"uid": self.data.summary["uid"], "n_frames": len(self.data.dataset)}
+        if "train_only" in self.data.summary:  # absent otherwise: states saved before it existed still match
+            fingerprint["train_only_uid"] = self.data.summary["train_only"]["uid"]
+        return fingerprint
 
     # ---- loop ----------------------------------------------------------------------------------------
     def _stop_reason(self, now: float) -> str | None:
@@ -227,7 +231,7 @@ class _Trainer:
         """One pass over the training split; stops early (``out_of_time``) when the budget is reached."""
         cfg, p = self.cfg, self.progress
         self.model.train()
-        self.train_loader.sampler.set_epoch(epoch)
+        set_epoch(self.train_loader, epoch)
         sums, n_batches, out_of_time = ErrorSums(self.device), 0, False
         from tqdm import tqdm
 
@@ -267,8 +271,10 @@ class _Trainer:
             dump_config(cfg, self.run_dir / "config.yaml")
         if not self.quiet:
             s = self.data.summary
-            print(f"training on {s['path']}: {s['n_train']} train / {s['n_val']} val / {s['n_test']} test "
-                  f"frames, {self.model.num_parameters()} parameters, device {self.device}, "
+            extra = s.get("train_only")
+            extra = f" (+ {extra['n_frames']} train-only frames x {extra['repeat']})" if extra else ""
+            print(f"training on {s['path']}: {s['n_train']} train{extra} / {s['n_val']} val / {s['n_test']} "
+                  f"test frames, {self.model.num_parameters()} parameters, device {self.device}, "
                   f"{d.world} process(es)")
         start, base = time.monotonic(), p["train_time"]
         stop, reserve = self._stop_reason(base), 0.0
@@ -323,7 +329,7 @@ class _Trainer:
             warnings.warn("no validation frames with forces: the student has no uncertainty calibration "
                           "(mlff-calc calibrate can add one later)", stacklevel=2)
             return
-        train = self.data.train
+        train = np.unique(self.data.train)  # a frame repeated per epoch (data.train_only) counts once
         if len(train) > max_frames:  # the covariance converges long before; keep this step cheap
             train = train[np.linspace(0, len(train) - 1, max_frames).astype(np.int64)]
         frame = self.data.dataset._frame

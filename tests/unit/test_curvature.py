@@ -184,7 +184,7 @@ def test_vibrations_stage_compares_molecules_and_says_why_others_are_skipped(tmp
     seeds = [("a", molecule("H2O")), ("b", bulk("Cu", "fcc", a=3.6)), ("c", Atoms("H40", positions=[
         (0.9 * i, 0.0, 0.0) for i in range(40)]))]
     ctx = SimpleNamespace(path=lambda rel: tmp_path / rel, seeds=seeds, device="cpu", log=lambda m: None,
-                          teacher_calc=lambda: teacher)
+                          teacher_calc=lambda: teacher, recipe={})  # recipe: no hessian_at_minima
     info = run_vibrations(ctx)
     assert info["summary"]["seeds"] == 1 and info["summary"]["modes"] == 3  # 3N - 6 for water
     assert info["summary"]["max_error_cm1"] < 1e-3
