@@ -36,7 +36,8 @@ def predicted_energies(model, loader, device: torch.device) -> np.ndarray:
 
 def fit_correction(counts: np.ndarray, residual: np.ndarray, n_atoms: np.ndarray,
                    iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Robust least squares ``residual (S,) eV ≈ counts (S, n_el) @ δ`` -> ``(δ (n_el,) eV, weights (S,))``.
+    """Robust fit ``residual (S,) eV ≈ counts (S, n_el) @ δ`` -> ``(δ (n_el,) eV, weights (S,))``;
+    ``counts``: atoms of each element per frame.
 
     A Huber M-estimate on the per-atom residuals, by iteratively reweighted least squares: a frame whose
     per-atom residual ``r`` exceeds ``HUBER`` x the scale (1.4826 x MAD, at least ``MIN_SCALE``) gets
@@ -82,7 +83,7 @@ def refit_references(model, data, indices: np.ndarray, loader_factory, device: t
         for z, d in zip(data.elements, delta):
             model.atom_ref[z] += float(d)
     after = residual - counts @ delta
-    return {"frames": int(len(indices)), "downweighted": int((~kept).sum()),
+    return {"frames": len(indices), "downweighted": int(np.count_nonzero(~kept)),
             "delta_ev": {int(z): float(d) for z, d in zip(data.elements, delta)},
             "energy_mae_ev_per_atom_before": float(np.mean(np.abs(residual / n_atoms))),
             "energy_mae_ev_per_atom_after": float(np.mean(np.abs(after / n_atoms))),

@@ -347,7 +347,8 @@ class _Trainer:
         record = refit_references(model, self.data, self.data.train, loader, self.device)
         if len(self.data.val):
             val = self.evaluate(model, self.val_loader)
-            record["validation_after"] = {k: val[k] for k in ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")}
+            keys = ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")
+            record["validation_after"] = {k: val[k] for k in keys}
         refs = model.atom_ref.double().cpu().numpy()
         return {"reference_energies": {int(z): float(refs[z]) for z in self.data.elements},
                 "reference_refit": record}

@@ -8,9 +8,10 @@ composition, and the far-from-equilibrium frames of a round dragged it off durin
 import numpy as np
 import pytest
 import torch
-from test_training import config, make_file
+from ase import Atoms
+from test_training import config, make_file, synthetic_frames
 
-from mlff_calc import StudentForceField
+from mlff_calc import StudentCalculator, StudentForceField
 from mlff_calc.training import train
 from mlff_calc.training.references import fit_correction
 
@@ -69,11 +70,6 @@ def test_warm_start_on_shifted_energies_refits_the_references_without_touching_f
         assert float(warm.atom_ref[z] - previous.atom_ref[z]) == pytest.approx(refit["delta_ev"][z], abs=1e-5)
         assert warm.metadata["reference_energies"][z] == pytest.approx(float(warm.atom_ref[z]), abs=1e-6)
     # Forces: a constant per element changes none of them.
-    from test_training import synthetic_frames
-
-    from mlff_calc import StudentCalculator
-    from ase import Atoms
-
     f = synthetic_frames(1, seed=5)[0]
     atoms = Atoms(numbers=f["atomic_numbers"], positions=f["positions"])
     fa = StudentCalculator(model=previous, dtype="float64").get_forces(atoms.copy())
