@@ -1,11 +1,13 @@
-"""``make demo``: the quickstart. Distil GFN2-xTB into a small PaiNN student for three molecules, offline.
+"""``make demo``: the quickstart. Distil GFN2-xTB into a small PaiNN student for three molecules, on-policy.
 
     python -m mlff_calc.demo [--out runs/demo] [--max-time SECONDS] [--quiet]
 
 is ``mlff-calc distill --teacher gfn2-xtb --preset quick`` on ethanol, methylamine and acetaldehyde
-(``ase.build.molecule``; elements H, C, N, O): teacher MD at 500 K, labels, ~3 minutes of training,
+(``ase.build.molecule``; elements H, C, N, O): 40 frames of 500 K teacher MD per molecule and 80 s of
+training make a first student; then 5 on-policy rounds (student Langevin MD at 300-900 K, 300 frames
+selected by the student's uncertainty and labelled by GFN2-xTB, 36 s of warm-start training each);
 comparison with GFN2-xTB on frames of independent trajectories, and a 2,000-step student NVE check of
-each molecule in float32 and float64. About 6-7 minutes on a 2-core CPU; re-running skips finished
+each molecule in float32 and float64. About 7-8 minutes on a 2-core CPU; re-running skips finished
 stages (``runs/demo/state.json``). Ends with the summary and the acceptance checks of the quickstart.
 """
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlff_calc.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     parser.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
-                        help="training budget (default: the quick preset's)")
+                        help="the first student's training budget (default: the quick preset's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
