@@ -3,6 +3,7 @@
 Writes into ``run.out`` (only rank 0 under torchrun):
 
 * ``student.pt``   best EMA weights by validation loss, with metadata (DESIGN.md), rewritten on improvement;
+                   at the end its per-element reference energies are refit (:mod:`.references`);
 * ``last.pt``      everything needed to resume, written atomically after every epoch (plain containers);
 * ``config.yaml``  the settings actually used; ``metrics.csv`` one row per epoch;
 * ``metrics.json`` test-split errors of the best weights; ``learning_curve.png``.
