@@ -19,6 +19,8 @@ student Langevin MD (ASE, ``fixcm=False``, 0.5 fs, friction 0.01/fs) for ``--md-
 temperature from every seed (``--md-seeds`` velocity seeds); a run is *physical* while no blow-up fires
 and (for molecules) the bonds of the seed stay as they are (checked every ``CHUNK`` steps).
 Teacher calls count the training side only (teacher MD steps + labels); the held-out sets are not counted.
+The table also gives each student's per-atom energy MAE on the same frames and each distill run's stage
+seconds (sampling, labels, training, rounds, evaluation), on a shared CPU.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def seeds(args):
     return seed_structures()
 
 
+# The offline runs: the quick preset's offline sampling (teacher MD at 500 K, 10 fs between frames, no
+# rattles), stated here so they stay offline whatever the preset's on-policy settings are.
+OFFLINE = {"sampling.interval": 20, "sampling.warmup": 200, "sampling.rattle": 0.0, "onpolicy.rounds": 0}
+
+
 def common(args) -> dict:
     """Recipe overrides every run shares: no report extras, a short distill MD check."""
     return {"evaluation.nve_steps": 0, "md.steps": 200, "md.dtypes": ["float32"], "heldout.frames": 12,
@@ -95,8 +102,10 @@ def run_distill(args, name: str, overrides: dict) -> dict:
     state = json.loads((res.run_dir / "state.json").read_text())["stages"]
     train_s = sum(((rec.get("info") or {}).get("train") or rec.get("info") or {}).get("train_time_s") or 0
                   for rec in state.values())  # the first training and every round's warm start
+    # the run's own stage times (a resumed call takes none); "onpolicy.round_XX" are parts of "onpolicy"
+    stages_s = sum(rec.get("seconds") or 0.0 for n, rec in state.items() if "." not in n)
     return {"name": name, "dir": str(res.run_dir), "wall_s": time.monotonic() - t, "state": state,
-            "train_s": train_s}
+            "train_s": train_s, "stages_s": stages_s}
 
 
 def offline_calls(args, run_dir: Path) -> int:
@@ -122,7 +131,9 @@ def test_set(args) -> list:
 
     path = Path(args.out) / "test_frames.extxyz"
     if path.is_file():
-        return ase.io.read(path, ":")
+        frames = ase.io.read(path, ":")
+        if all("ref_energy" in f.info for f in frames):  # a cache from before energies were kept: redo
+            return frames
     calc = load_teacher(args.teacher)
     config = SamplingConfig(temperatures=tuple(args.temperatures),
                             frames=args.test_frames * len(args.temperatures), interval=20, timestep=0.5,
@@ -131,6 +142,7 @@ def test_set(args) -> list:
     for frame in sample_structures([(str(k), a) for k, a in enumerate(seeds(args))], calc, config):
         labels = compute_labels(calc, frame)
         frame.arrays["ref_forces"] = labels["forces"]
+        frame.info["ref_energy"] = float(labels["energy"])
         frames.append(frame)
     from mlff_calc import io
 
@@ -140,6 +152,7 @@ def test_set(args) -> list:
 
 
 def force_mae(student: Path, frames) -> dict:
+    """Force MAE (eV/Å) per temperature and over all frames, and ``energy_all``: per-atom energy MAE (eV)."""
     import numpy as np
 
     from mlff_calc import StudentCalculator
@@ -151,8 +164,11 @@ def force_mae(student: Path, frames) -> dict:
         pred = np.concatenate([r["forces"] for r in calc.batch_calculate(sub)])
         ref = np.concatenate([f.arrays["ref_forces"] for f in sub])
         out[f"{t:g}"] = float(np.mean(np.abs(pred - ref)))
-    pred = np.concatenate([r["forces"] for r in calc.batch_calculate(frames)])
+    results = calc.batch_calculate(frames)
+    pred = np.concatenate([r["forces"] for r in results])
     out["all"] = float(np.mean(np.abs(pred - np.concatenate([f.arrays["ref_forces"] for f in frames]))))
+    out["energy_all"] = float(np.mean([abs(r["energy"] - f.info["ref_energy"]) / len(f)
+                                       for r, f in zip(results, frames)]))
     return out
 
 
@@ -230,7 +246,7 @@ def main(argv=None) -> int:
     runs = {}
     offline_time = args.train_time + args.rounds * args.round_time
     runs["offline_full"] = run_distill(args, "offline_full", {
-        "sampling.frames": args.offline_frames, "training.run.max_time": offline_time})
+        **OFFLINE, "sampling.frames": args.offline_frames, "training.run.max_time": offline_time})
     full_calls = offline_calls(args, Path(runs["offline_full"]["dir"]))
     budget = int(full_calls * args.fraction)
     op, small_name = "onpolicy" + args.tag, "offline_small" + args.tag
@@ -244,10 +260,10 @@ def main(argv=None) -> int:
     op_info = runs[op]["state"]["onpolicy"]["info"]
     # offline_small: as many frames as fit in the calls the on-policy run used (teacher MD frames cost
     # interval + 1 label each; the warm-up and start are fixed).
-    per_frame, fixed = 20 + 1, (200 + 1) * len(seeds(args))
+    per_frame, fixed = OFFLINE["sampling.interval"] + 1, (OFFLINE["sampling.warmup"] + 1) * len(seeds(args))
     small = max(3, int((op_info["teacher_calls"] - fixed) / per_frame / len(seeds(args))))
     runs[small_name] = run_distill(args, small_name, {
-        "sampling.frames": small, "training.run.max_time": offline_time})
+        **OFFLINE, "sampling.frames": small, "training.run.max_time": offline_time})
     from mlff_calc import StudentCalculator
 
     frames = test_set(args)
@@ -257,7 +273,7 @@ def main(argv=None) -> int:
         calls = op_info["teacher_calls"] if name == op else offline_calls(args, Path(r["dir"]))
         student = Path(r["dir"]) / "student.pt"
         md = cached_stability(args, name, lambda: StudentCalculator.from_checkpoint(student, device="cpu"))
-        rows.append({"run": name, "teacher_calls": calls, "train_s": r["train_s"],
+        rows.append({"run": name, "teacher_calls": calls, "train_s": r["train_s"], "stages_s": r["stages_s"],
                      "mae": force_mae(student, frames), "md": md})
         print(json.dumps(rows[-1]), flush=True)
     if args.teacher_md:  # the reference: does the teacher itself keep the molecules intact?
@@ -303,10 +319,11 @@ def report(res: dict, argv: list[str], date: str | None) -> str:
              f"- On-policy: first student from {a['initial_frames']} frames/seed (rattles + short "
              "teacher MD), "
              f"budget {a['fraction']:.3f} x offline_full's calls; stop: {res['stop']}.", "",
-             "| run | teacher calls | training s | force MAE all (eV/Å) | "
+             "| run | teacher calls | training s | distill s | energy MAE (meV/atom) "
+             "| force MAE all (eV/Å) | "
              + " | ".join(f"MAE {t} K" for t in temps) + " | MD physical | "
              + " | ".join(f"{t} K" for t in temps) + " |",
-             "|---|---:|---:|---:|" + "---:|" * len(temps) + "---|" + "---|" * len(temps)]
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(temps) + "---|" + "---|" * len(temps)]
     for r in res["rows"]:
         md = r["md"]
         ok = sum(m["physical"] for m in md)
@@ -316,10 +333,14 @@ def report(res: dict, argv: list[str], date: str | None) -> str:
             ok_t = sum(m["physical"] for m in sub)
             per_t.append(f"{ok_t}/{len(sub)} (min {min(m['ps'] for m in sub):g} ps)")
         if r["mae"] is None:  # the teacher's own MD: the stability reference
-            lines.append(f"| {r['run']} | - | - | - | " + " | ".join("-" for _ in temps)
+            lines.append(f"| {r['run']} | - | - | - | - | - | " + " | ".join("-" for _ in temps)
                          + f" | {ok}/{len(md)} | " + " | ".join(per_t) + " |")
             continue
-        lines.append(f"| {r['run']} | {r['teacher_calls']} | {r['train_s']:.0f} | {r['mae']['all']:.4f} | "
+        energy = r["mae"].get("energy_all")
+        stages = r.get("stages_s")
+        lines.append(f"| {r['run']} | {r['teacher_calls']} | {r['train_s']:.0f} | "
+                     f"{'-' if stages is None else format(stages, '.0f')} | "
+                     f"{'-' if energy is None else format(1e3 * energy, '.2f')} | {r['mae']['all']:.4f} | "
                      + " | ".join(f"{r['mae'].get(t, float('nan')):.4f}" for t in temps)
                      + f" | {ok}/{len(md)} | " + " | ".join(per_t) + " |")
     lines += ["", "On-policy rounds (held-out = the distill run's own held-out set, 500 K):", "",

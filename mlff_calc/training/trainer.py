@@ -3,6 +3,7 @@
 Writes into ``run.out`` (only rank 0 under torchrun):
 
 * ``student.pt``   best EMA weights by validation loss, with metadata (DESIGN.md), rewritten on improvement;
+                   at the end its per-element reference energies are refit (:mod:`.references`);
 * ``last.pt``      everything needed to resume, written atomically after every epoch (plain containers);
 * ``config.yaml``  the settings actually used; ``metrics.csv`` one row per epoch;
 * ``metrics.json`` test-split errors of the best weights; ``learning_curve.png``.
@@ -339,6 +340,26 @@ class _Trainer:
         except InputError as exc:  # never lose a finished training to its calibration
             warnings.warn(f"the student has no uncertainty calibration: {exc}", stacklevel=2)
 
+    def _refit_references(self, model: StudentForceField) -> dict:
+        """Per-element reference energies refit on the training split (:mod:`.references`), in place.
+        Returns the metadata to save with the student: ``reference_energies`` and ``reference_refit``
+        (with the validation errors after the refit; ``validation`` keeps the best epoch's). Run on every
+        process (the same numbers on each), so the test evaluation sees the refit weights everywhere."""
+        from .references import refit_references
+
+        def loader(indices):
+            return make_loader(self.data, indices, self.cfg.data.batch_size, self.cfg.model.cutoff,
+                               shuffle=False, seed=0)
+
+        record = refit_references(model, self.data, self.data.train, loader, self.device)
+        if len(self.data.val):
+            val = self.evaluate(model, self.val_loader)
+            keys = ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")
+            record["validation_after"] = {k: val[k] for k in keys}
+        refs = model.atom_ref.double().cpu().numpy()
+        return {"reference_energies": {int(z): float(refs[z]) for z in self.data.elements},
+                "reference_refit": record}
+
     def finish(self, stop: str) -> TrainResult:
         """Evaluate the best weights on the test split; write metrics.json, the plot, final student.pt."""
         p, d = self.progress, self.d
@@ -350,6 +371,7 @@ class _Trainer:
         if not parameters_in_sync(self.model, d):
             raise RuntimeError("DDP processes ended with different weights: gradients were not synchronised")
         best = StudentForceField.load(checkpoint).to(device=self.device, dtype=self.dtype)
+        references = self._refit_references(best)
         test = None
         if len(self.data.test):
             loader = make_loader(self.data, self.data.test, self.cfg.data.batch_size, self.cfg.model.cutoff,
@@ -360,8 +382,9 @@ class _Trainer:
                        "train_time_s": p["train_time"], "world_size": d.world}
             training = {**self.metadata["training"], **summary}
             self._calibrate_uncertainty(best)
-            best.save(checkpoint, metadata={"test": test, "training": training})
-            write_json(self.run_dir / "metrics.json", {"test": test, "validation": p["best_val"], **summary})
+            best.save(checkpoint, metadata={"test": test, "training": training, **references})
+            write_json(self.run_dir / "metrics.json", {"test": test, "validation": p["best_val"], **summary,
+                                                       **references})
             plot_learning_curve(self.run_dir / "learning_curve.png", p["history"])
             if not self.cfg.run.quiet:
                 print(f"stopped: {stop} after {p['epoch']} epochs, {p['train_time']:.0f} s; best epoch "

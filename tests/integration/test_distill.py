@@ -45,6 +45,7 @@ TINY = {
     "evaluation": {"max_frames": 8, "nve_steps": 20, "teacher_md": False},
     "md": {"steps": 50, "timestep": 1.0, "temperature": 300.0, "dtypes": ["float32", "float64"],
            "structures": None, "seed": 0},
+    "onpolicy": {"rounds": 0},  # the offline pipeline (the quick preset runs on-policy rounds)
 }
 
 

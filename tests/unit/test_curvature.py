@@ -245,7 +245,8 @@ def test_distill_with_curvature_labels_trains_on_them_and_counts_the_calls(tmp_p
                  "training.model.hidden_dim": 8, "training.model.num_interactions": 1, "training.model.cutoff": 3.5,
                  "training.data.val_size": 4, "training.data.batch_size": 4, "training.loss.hvp_weight": 0.1,
                  "training.run.max_time": None, "training.run.epochs": 2, "evaluation.max_frames": 4,
-                 "evaluation.nve_steps": 0, "md.steps": 10, "md.dtypes": ["float64"]}
+                 "evaluation.nve_steps": 0, "md.steps": 10, "md.dtypes": ["float64"],
+                 "onpolicy.rounds": 0}  # offline: the quick preset's on-policy rounds are not under test
     result = distill("emt", [seed], tmp_path / "run", preset="quick", overrides=overrides, quiet=True)
     state = json.loads((tmp_path / "run/state.json").read_text())["stages"]
     assert state["label"]["info"]["teacher_calls_now"] == 16 + 8 * 2 * 2  # 16 frames, 8 of them 2 probes
