@@ -351,7 +351,8 @@ class _Trainer:
             return make_loader(self.data, indices, self.cfg.data.batch_size, self.cfg.model.cutoff,
                                shuffle=False, seed=0)
 
-        record = refit_references(model, self.data, self.data.train, loader, self.device)
+        # Each frame once (train-only frames are repeated in the split, data.train_only_repeat).
+        record = refit_references(model, self.data, np.unique(self.data.train), loader, self.device)
         if len(self.data.val):
             val = self.evaluate(model, self.val_loader)
             keys = ("energy_mae_ev_per_atom", "force_mae_ev_per_ang")

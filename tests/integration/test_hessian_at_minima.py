@@ -173,6 +173,11 @@ def test_train_only_frames_train_repeated_and_never_validate(tmp_path):
     assert data.elements == [1, 6, 8]
     result = train(_training_config(main, extra, tmp_path / "r", train_only_repeat=4))
     assert result.epochs == 2 and np.isfinite(result.val_metrics["force_mae_ev_per_ang"])
+    # The reference refit at the end of training reads the joined dataset, each frame once.
+    from mlff_calc import StudentForceField
+
+    refit = StudentForceField.load(result.checkpoint).metadata["reference_refit"]
+    assert refit["frames"] == len(train_idx) + 2 and np.isfinite(refit["energy_mae_ev_per_atom_after"])
 
     # Bad values and files: clear errors naming the setting.
     with pytest.raises(ValueError, match=r"data\.train_only_repeat: must be >= 1"):
