@@ -39,9 +39,9 @@ def _key(ctx: Context) -> dict[str, Any]:
 def _run(ctx: Context) -> dict[str, Any]:
     from ..workflow.minima import label_minima
 
-    atoms = [a for _, a in ctx.seeds]
+    atoms, settings = [a for _, a in ctx.seeds], _settings(ctx)
     rep = label_minima(atoms, ctx.path(FILE), ctx.teacher_calc, ctx.teacher_spec(),
-                       epsilon=_settings(ctx)["epsilon"], probes=_settings(ctx)["probes"], log=ctx.log)
+                       epsilon=settings["epsilon"], probes=settings["probes"], log=ctx.log)
     for i, reason in rep.skipped:
         ctx.log(f"  seed {i} ({atoms[i].get_chemical_formula()}): no Hessian at its minimum: {reason}")
     if rep.labelled == 0:

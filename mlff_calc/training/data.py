@@ -208,11 +208,7 @@ def fit_energy_statistics(data: TrainingData, max_z: int) -> tuple[np.ndarray, f
     it is repeated per epoch.
     """
     frames = [data.dataset._frame(int(i)) for i in np.unique(data.train)]
-    counts = np.zeros((len(frames), len(data.elements)))
-    column = {z: k for k, z in enumerate(data.elements)}
-    for row, fr in enumerate(frames):
-        for z, c in zip(*np.unique(fr["atomic_numbers"], return_counts=True)):
-            counts[row, column[int(z)]] = c
+    counts = element_counts(frames, data.elements)
     energy = np.array([float(fr["energy"]) for fr in frames])
     n_atoms = np.array([len(fr["atomic_numbers"]) for fr in frames])
     ref, *_ = np.linalg.lstsq(counts, energy, rcond=None)
@@ -228,6 +224,16 @@ def fit_energy_statistics(data: TrainingData, max_z: int) -> tuple[np.ndarray, f
     if not scale > 1e-6:
         scale = 1.0
     return atom_ref, scale, shift
+
+
+def element_counts(frames: list[dict], elements: list[int]) -> np.ndarray:
+    """``(S, len(elements))``: the atoms of each element in each frame (``dataset._frame`` dicts)."""
+    column = {z: k for k, z in enumerate(elements)}
+    counts = np.zeros((len(frames), len(elements)))
+    for row, fr in enumerate(frames):
+        for z, c in zip(*np.unique(fr["atomic_numbers"], return_counts=True)):
+            counts[row, column[int(z)]] = c
+    return counts
 
 
 class GroupedBatches(torch.utils.data.Sampler):

@@ -69,14 +69,12 @@ def refit_references(model, data, indices: np.ndarray, loader_factory, device: t
     ``loader_factory(indices)`` gives an unshuffled loader over those frames."""
     if len(indices) > MAX_FRAMES:
         indices = indices[np.linspace(0, len(indices) - 1, MAX_FRAMES).astype(np.int64)]
-    column = {z: k for k, z in enumerate(data.elements)}
-    counts = np.zeros((len(indices), len(data.elements)))
-    energies, n_atoms = np.zeros(len(indices)), np.zeros(len(indices), dtype=np.int64)
-    for row, i in enumerate(indices):
-        numbers, energies[row] = _numbers_and_energy(data.dataset, int(i))
-        n_atoms[row] = len(numbers)
-        for z, c in zip(*np.unique(numbers, return_counts=True)):
-            counts[row, column[int(z)]] = c
+    from .data import element_counts
+
+    frames = [data.dataset._frame(int(i)) for i in indices]  # (an H5Dataset, or joined with train-only frames)
+    counts = element_counts(frames, data.elements)
+    energies = np.array([float(fr["energy"]) for fr in frames])
+    n_atoms = np.array([len(fr["atomic_numbers"]) for fr in frames])
     residual = energies - predicted_energies(model, loader_factory(indices), device)
     delta, weights = fit_correction(counts, residual, n_atoms)
     kept = weights > 0.5
@@ -90,12 +88,3 @@ def refit_references(model, data, indices: np.ndarray, loader_factory, device: t
             "energy_mae_ev_per_atom_after": float(np.mean(np.abs(after / n_atoms))),
             "energy_mae_ev_per_atom_kept_before": float(np.mean(np.abs(residual[kept] / n_atoms[kept]))),
             "energy_mae_ev_per_atom_kept_after": float(np.mean(np.abs(after[kept] / n_atoms[kept])))}
-
-
-def _numbers_and_energy(dataset, i: int) -> tuple[np.ndarray, float]:
-    """Atomic numbers and energy label (eV) of frame ``i`` of an ``H5Dataset`` or a ``JoinedDataset`` of them
-    (training with ``data.train_only`` frames), read from the arrays the dataset holds (no graph built)."""
-    if hasattr(dataset, "parts"):
-        dataset, i = dataset._locate(i)
-    arrays, offsets = dataset._arrays, dataset.reader.offsets
-    return arrays["structures/atomic_numbers"][offsets[i]:offsets[i + 1]], float(arrays["labels/energy"][i])
