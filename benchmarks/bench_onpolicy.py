@@ -63,6 +63,8 @@ def parse(argv=None):
     p.add_argument("--round-time", type=float, default=30.0, help="s of warm-start training per round")
     p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 500.0, 700.0, 900.0])
     p.add_argument("--test-frames", type=int, default=20, help="held-out frames per seed and temperature")
+    p.add_argument("--heldout-frames", type=int, default=12,
+                   help="frames per seed of each distill run's own held-out set (the rounds table)")
     p.add_argument("--md-ps", type=float, default=20.0)
     p.add_argument("--md-seeds", type=int, default=1)
     p.add_argument("--no-teacher-md", dest="teacher_md", action="store_false",
@@ -89,7 +91,8 @@ OFFLINE = {"sampling.interval": 20, "sampling.warmup": 200, "sampling.rattle": 0
 
 def common(args) -> dict:
     """Recipe overrides every run shares: no report extras, a short distill MD check."""
-    return {"evaluation.nve_steps": 0, "md.steps": 200, "md.dtypes": ["float32"], "heldout.frames": 12,
+    return {"evaluation.nve_steps": 0, "md.steps": 200, "md.dtypes": ["float32"],
+            "heldout.frames": args.heldout_frames,
             "training.run.num_threads": 1}
 
 
@@ -172,8 +175,9 @@ def force_mae(student: Path, frames) -> dict:
     return out
 
 
-def stability(args, make_calc) -> list[dict]:
-    """Langevin MD (``make_calc()``'s calculator) from every seed at every temperature: ps until unphysical.
+def stability(args, make_calc, first_seed: int = 0) -> list[dict]:
+    """Langevin MD (``make_calc()``'s calculator) from every seed at every temperature and velocity seed
+    ``first_seed .. md_seeds - 1``: ps until unphysical.
 
     Unphysical: a blow-up (:class:`MDBlowUp`), or bonds that differ from the seed's at two checks in a row
     (``CHECK`` steps apart: a stretched bond is back within 50 fs, a dissociation or H transfer is not);
@@ -187,7 +191,7 @@ def stability(args, make_calc) -> list[dict]:
     rows = []
     for seed_atoms in seeds(args):
         for t in args.temperatures:
-            for s in range(args.md_seeds):
+            for s in range(first_seed, args.md_seeds):
                 calc = make_calc()
                 atoms, done, why, changed_at = seed_atoms.copy(), 0, None, None
                 ref = None if atoms.pbc.any() else bonds(atoms)
@@ -214,15 +218,23 @@ def stability(args, make_calc) -> list[dict]:
 
 
 def cached_stability(args, name: str, make_calc) -> list[dict]:
-    """:func:`stability`, cached in ``--out`` per run, length, temperatures and seeds."""
+    """:func:`stability`, cached in ``--out`` per run, length, temperatures and seeds; a cache with fewer
+    velocity seeds gives its runs (seeds 0..k-1 are the same trajectories), only the others are run."""
     from mlff_calc import io
 
-    key = f"{args.md_ps:g}ps_{'-'.join(f'{t:g}' for t in args.temperatures)}_{args.md_seeds}seeds"
-    path = Path(args.out) / f"stability_{name}_{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    rows = stability(args, make_calc)
-    io.write_json(path, rows)
+    def path(n_seeds):
+        key = f"{args.md_ps:g}ps_{'-'.join(f'{t:g}' for t in args.temperatures)}_{n_seeds}seeds"
+        return Path(args.out) / f"stability_{name}_{key}.json"
+
+    if path(args.md_seeds).is_file():
+        return json.loads(path(args.md_seeds).read_text())
+    have = next((k for k in range(args.md_seeds - 1, 0, -1) if path(k).is_file()), 0)
+    rows = json.loads(path(have).read_text()) if have else []
+    rows += stability(args, make_calc, first_seed=have)
+    order = {(f, t): i for i, (f, t) in enumerate(dict.fromkeys((r["formula"], r["temperature_k"])
+                                                                for r in rows))}
+    rows.sort(key=lambda r: (order[r["formula"], r["temperature_k"]], r["seed"]))
+    io.write_json(path(args.md_seeds), rows)
     return rows
 
 

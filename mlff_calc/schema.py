@@ -23,6 +23,8 @@ _NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
 
 def _kind_name(kind: Any) -> str:
     origin = get_origin(kind)
+    if origin is Union:
+        return " or ".join(_kind_name(k) for k in get_args(kind) if k is not type(None))
     if origin in (list, tuple):
         return f"a list of {_kind_name(get_args(kind)[0])}"
     return _NAMES.get(kind, getattr(kind, "__name__", str(kind)))
@@ -31,13 +33,25 @@ def _kind_name(kind: Any) -> str:
 def coerce(value: Any, kind: Any, where: str) -> Any:
     """``value`` checked against the annotation ``kind`` (ints accepted for floats; lists for tuples).
 
-    Supports ``bool``, ``int``, ``float`` (finite), ``str``, ``Optional[...]``, ``list[T]`` and
-    ``tuple[T, ...]``. Raises :class:`InputError` ``"{where}: expected int, got '16' (str)"``.
+    Supports ``bool``, ``int``, ``float`` (finite), ``str``, ``Optional[...]``, ``Union[...]`` (the
+    first kind that accepts the value), ``list[T]`` and ``tuple[T, ...]``. Raises :class:`InputError`
+    ``"{where}: expected int, got '16' (str)"``.
     """
-    if get_origin(kind) is Union:  # Optional[...]
-        if value is None:
+    if get_origin(kind) is Union:  # Optional[...], Union[float, list[float], None]
+        if value is None and type(None) in get_args(kind):
             return None
-        kind = next(k for k in get_args(kind) if k is not type(None))
+        kinds = [k for k in get_args(kind) if k is not type(None)]
+        for k in kinds[:-1]:
+            try:
+                return coerce(value, k, where)
+            except InputError:
+                pass
+        try:
+            return coerce(value, kinds[-1], where)
+        except InputError:
+            if len(kinds) == 1:
+                raise
+        raise InputError(f"{where}: expected {_kind_name(kind)}, got {value!r} ({type(value).__name__})")
     origin = get_origin(kind)
     if origin in (list, tuple):
         if isinstance(value, (list, tuple)):

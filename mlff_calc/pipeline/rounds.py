@@ -28,7 +28,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from .stages import Context, Stage, _torch_threads, set_train_only
 from .state import digest
 
 CONTINUABLE = ("rounds", "teacher_budget", "converge_mae_change", "converge_score")
+# Keys added after runs existed: left out of the stage's key while unset, so those runs keep their key.
+UNSET_UNHASHED = ("train_lr",)
 
 
 @dataclass
@@ -58,7 +60,10 @@ class OnPolicyConfig:
     converge_mae_change: float = 0.0  # stop when the held-out force MAE improves by less than this fraction
     converge_score: Optional[float] = None  # stop when no candidate scores above this (eV/Å)
     train_epochs: int = 100000  # warm-start training per round
-    train_max_time: Optional[float] = 60.0  # s per round
+    # s per round; a list gives round 1, 2, ... their own budgets (the last entry repeats), e.g. short
+    # rounds that only need to move the student's MD, then a long last one that settles it
+    train_max_time: Union[float, list[float], None] = 60.0
+    train_lr: Optional[float] = None  # peak learning rate of the warm starts; None = training.optim.lr
     seed: int = 0
 
     def checks(self):
@@ -80,8 +85,25 @@ class OnPolicyConfig:
                  "must be >= 1 or null"),
                 ("converge_mae_change", 0 <= self.converge_mae_change < 1, "must be in [0, 1)"),
                 ("train_epochs", self.train_epochs >= 1, "must be >= 1"),
-                ("train_max_time", self.train_max_time is None or self.train_max_time > 0,
-                 "must be > 0 s or null")]
+                ("train_max_time", _positive_times(self.train_max_time),
+                 "must be > 0 s, a non-empty list of them (round 1, 2, ...; the last repeats), or null"),
+                ("train_lr", self.train_lr is None or self.train_lr > 0, "must be > 0 or null")]
+
+
+def _positive_times(value) -> bool:
+    if value is None:
+        return True
+    values = value if isinstance(value, list) else [value]
+    return len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                   for v in values)
+
+
+def round_max_time(value, r: int) -> Optional[float]:
+    """``onpolicy.train_max_time`` for round ``r`` (1-based): a number, None, or a per-round list whose
+    last entry repeats."""
+    if isinstance(value, list):
+        return float(value[min(r, len(value)) - 1])
+    return None if value is None else float(value)
 
 
 def default_section() -> dict[str, Any]:
@@ -93,7 +115,8 @@ def default_section() -> dict[str, Any]:
 def _key(ctx: Context) -> dict:
     from .stages import _train_key
 
-    cfg = {k: v for k, v in ctx.recipe["onpolicy"].items() if k not in CONTINUABLE}
+    cfg = {k: v for k, v in ctx.recipe["onpolicy"].items()
+           if k not in CONTINUABLE and not (k in UNSET_UNHASHED and v is None)}
     # Round training replaces training.run's epochs/max_time by onpolicy.train_*; device/threads unhashed.
     return {"teacher": ctx.teacher_spec(), "seeds": ctx.seeds_sha256, "onpolicy": cfg,
             "training": _train_key(ctx), "heldout_frames": ctx.recipe["evaluation"]["max_frames"],
@@ -199,7 +222,7 @@ def _one_round(ctx: Context, r: int, student: Path, previous: Path | None, n: in
     data = rdir / "train.h5"
     if not data.is_file():
         _combine(ctx, r, data)
-    result = _train(ctx, data, rdir / "train", init_from=student)
+    result = _train(ctx, data, rdir / "train", init_from=student, r=r)
     row.update(train=result, heldout=heldout_errors(ctx, rdir / "train" / "student.pt"))
     ctx.log(f"  round {r}: {row['teacher_calls']} teacher calls, held-out force MAE "
             f"{row['heldout']['force_mae_ev_per_ang']:.4f} eV/Å")
@@ -276,7 +299,7 @@ def _combine(ctx: Context, r: int, out: Path) -> None:
             reader.close()
 
 
-def _train(ctx: Context, data: Path, out: Path, init_from: Path) -> dict:
+def _train(ctx: Context, data: Path, out: Path, init_from: Path, r: int) -> dict:
     from ..training import train
     from ..training.config import config_from_dict
 
@@ -284,7 +307,9 @@ def _train(ctx: Context, data: Path, out: Path, init_from: Path) -> dict:
     raw = json.loads(json.dumps(ctx.recipe["training"]))
     raw["data"]["path"], raw["run"]["out"] = str(data), str(out)
     set_train_only(ctx, raw)  # the Hessians at the seed minima, when the recipe asks for them
-    raw["run"].update(epochs=cfg["train_epochs"], max_time=cfg["train_max_time"])
+    raw["run"].update(epochs=cfg["train_epochs"], max_time=round_max_time(cfg["train_max_time"], r))
+    if cfg["train_lr"] is not None:
+        raw["optim"]["lr"] = cfg["train_lr"]
     if ctx.device != "auto":
         raw["run"]["device"] = ctx.device
     raw["run"]["quiet"] = raw["run"]["quiet"] or ctx.quiet

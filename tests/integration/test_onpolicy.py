@@ -130,9 +130,37 @@ def test_kill_during_a_round_resumes_without_relabelling_or_retraining(tmp_path,
 @pytest.mark.parametrize("bad, message", [({"rounds": -1}, "onpolicy.rounds"),
                                           ({"scorer": "oracle"}, "onpolicy.scorer"),
                                           ({"teacher_budget": 0}, "onpolicy.teacher_budget"),
+                                          ({"train_max_time": []}, "onpolicy.train_max_time"),
+                                          ({"train_max_time": [30, -1]}, "onpolicy.train_max_time"),
+                                          ({"train_max_time": "long"}, "onpolicy.train_max_time"),
+                                          ({"train_lr": 0}, "onpolicy.train_lr"),
                                           ({"bogus": 1}, "bogus")])
 def test_bad_onpolicy_recipes_are_refused(tmp_path, seed_file, bad, message):  # noqa: F811
     with pytest.raises(ValueError, match=message):
         distill("emt", [seed_file], tmp_path / "run", preset="quick", recipe=onpolicy_recipe(tmp_path, **bad),
                 quiet=True)
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_per_round_training_budgets_and_warm_start_lr(tmp_path, seed_file, monkeypatch):  # noqa: F811
+    """``train_max_time`` as a list gives each round its own budget (the last entry repeats) and
+    ``train_lr`` the warm starts' peak learning rate; the first student keeps ``training:``'s."""
+    import mlff_calc.training as training
+    from mlff_calc.pipeline.rounds import round_max_time
+
+    assert [round_max_time([5.0, 9.0], r) for r in (1, 2, 3)] == [5.0, 9.0, 9.0]
+    assert round_max_time(7.0, 4) == 7.0 and round_max_time(None, 1) is None
+    seen, real = [], training.train
+
+    def spy(config, **kwargs):
+        seen.append((config.run.max_time, config.optim.lr, "init_from" in kwargs))
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(training, "train", spy)
+    run = tmp_path / "run"
+    distill("emt", [seed_file], run, recipe=onpolicy_recipe(tmp_path, rounds=3, train_max_time=[500.0, 900.0],
+                                                            train_lr=2.5e-4), quiet=True)
+    first_lr = yaml.safe_load((run / "recipe.yaml").read_text())["training"]["optim"]["lr"]
+    rounds = [x for x in seen if x[2]]
+    assert [x[:2] for x in rounds] == [(500.0, 2.5e-4), (900.0, 2.5e-4), (900.0, 2.5e-4)]
+    assert [x[1] for x in seen if not x[2]] == [first_lr] and first_lr != 2.5e-4

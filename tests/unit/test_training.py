@@ -70,6 +70,23 @@ def test_config_rejects_unknown_keys_and_bad_values_naming_the_key(tmp_path):
         load_config(bad)
 
 
+def test_union_values_take_the_first_kind_that_fits_and_name_all_kinds():
+    from typing import Optional, Union
+
+    from mlff_calc.schema import coerce
+
+    kind = Union[float, list[float], None]
+    assert coerce(3, kind, "k") == 3.0 and isinstance(coerce(3, kind, "k"), float)
+    assert coerce([1, 2.5], kind, "k") == [1.0, 2.5] and coerce(None, kind, "k") is None
+    for bad in ("3", [1, "b"], True, float("nan")):
+        with pytest.raises(ValueError, match=r"k: expected float or a list of float"):
+            coerce(bad, kind, "k")
+    with pytest.raises(ValueError, match=r"k: expected int, got 'a'"):  # Optional keeps its message
+        coerce("a", Optional[int], "k")
+    with pytest.raises(ValueError, match=r"k: expected float or a list of float, got \[1\.0, None\]"):
+        coerce([1.0, None], Union[float, list[float]], "k")
+
+
 def test_config_yaml_round_trip_and_overrides(tmp_path):
     cfg = config_from_dict({"model": {"hidden_dim": 32, "cutoff": 4}, "run": {"max_time": 60}})
     assert cfg.model.cutoff == 4.0 and isinstance(cfg.model.cutoff, float)
