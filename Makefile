@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
-# The quickstart: `mlff-calc distill` of GFN2-xTB (offline) for ethanol, methylamine and acetaldehyde into
-# runs/demo (~7 min on 2 CPU cores): sample, label, train, compare on held-out frames, NVE check,
-# harmonic frequencies; prints the summary. Re-running skips finished stages (rm -rf runs/demo to start over).
+# The quickstart: `mlff-calc distill` of GFN2-xTB for ethanol, methylamine and acetaldehyde into runs/demo
+# (~8 min on 2 CPU cores): sample, label, train, three on-policy rounds, compare on held-out frames, NVE
+# check, harmonic frequencies; prints the summary. Re-running skips finished stages (rm -rf runs/demo to start over).
 demo: install
 	$(PY) -m mlff_calc.demo
 

@@ -1,14 +1,15 @@
-"""``make demo``: the quickstart. Distil GFN2-xTB into a small PaiNN student for three molecules, offline.
+"""``make demo``: the quickstart. Distil GFN2-xTB into a small PaiNN student for three molecules.
 
     python -m mlff_calc.demo [--out runs/demo] [--max-time SECONDS] [--quiet]
 
 is ``mlff-calc distill --teacher gfn2-xtb --preset quick`` on ethanol, methylamine and acetaldehyde
 (``ase.build.molecule``; elements H, C, N, O): teacher MD at 500 K, labels, the teacher's Hessian at each
-molecule's minimum, ~5 minutes of training, comparison with GFN2-xTB on frames of independent
-trajectories, a 2,000-step student NVE check of each molecule in float32 and float64, and harmonic
-frequencies. About 6 minutes on a 2-core CPU; re-running skips finished stages
-(``runs/demo/state.json``). Ends with the summary and the acceptance checks of the quickstart.
-"""
+molecule's minimum, a first student (100 s of training), then three on-policy rounds (the student's own
+Langevin MD at 300-900 K, 300 frames per round picked by its uncertainty, teacher labels, warm-start
+training), comparison with GFN2-xTB on frames of independent trajectories, a 2,000-step student NVE check
+of each molecule in float32 and float64, and harmonic frequencies. About 7 minutes on a 2-core CPU;
+re-running skips finished stages and rounds (``runs/demo/state.json``). Ends with the summary and the
+acceptance checks of the quickstart."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlff_calc.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     parser.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
-                        help="training budget (default: the quick preset's)")
+                        help="the first student's training budget (default: the quick preset's; the "
+                        "on-policy rounds keep theirs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
