@@ -70,6 +70,8 @@ def parse(argv=None):
     p.add_argument("--no-teacher-md", dest="teacher_md", action="store_false",
                    help="skip the teacher's own MD (the stability reference)")
     p.add_argument("--write", action="store_true", help="write the section of benchmarks/RESULTS.md")
+    p.add_argument("--section", default="bench_onpolicy",
+                   help="its name (e.g. bench_onpolicy_sevennet for a periodic teacher's run)")
     p.add_argument("--from-result", metavar="JSON",
                    help="only write the report of an earlier run's result.json")
     return p.parse_args(argv)
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
         if args.write:
             from _results import write_section
 
-            write_section(HERE / "RESULTS.md", "bench_onpolicy", text)
+            write_section(HERE / "RESULTS.md", args.section, text)
         return 0
     t0 = time.monotonic()
     out = Path(args.out)
@@ -305,7 +307,7 @@ def main(argv=None) -> int:
     if args.write:
         from _results import write_section
 
-        write_section(HERE / "RESULTS.md", "bench_onpolicy", text)
+        write_section(HERE / "RESULTS.md", args.section, text)
     return 0
 
 
@@ -327,7 +329,7 @@ def report(res: dict, argv: list[str], date: str | None) -> str:
              f"(seed 99) at {', '.join(temps)} K. MD: student Langevin (ASE, fixcm=False, 0.5 fs) "
              f"{a['md_ps']:g} ps x {a['md_seeds']} seed(s) per molecule and temperature; physical = no "
              "blow-up and the seed's bonds intact (1.3 x covalent radii; checked every 50 fs, a change must "
-             "persist over two checks).",
+             "persist over two checks; periodic seeds: no blow-up, bonds not checked).",
              f"- On-policy: first student from {a['initial_frames']} frames/seed (rattles + short "
              "teacher MD), "
              f"budget {a['fraction']:.3f} x offline_full's calls; stop: {res['stop']}.", "",
