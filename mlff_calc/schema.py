@@ -41,17 +41,14 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
         if value is None and type(None) in get_args(kind):
             return None
         kinds = [k for k in get_args(kind) if k is not type(None)]
-        for k in kinds[:-1]:
-            try:
-                return coerce(value, k, where)
-            except InputError:
-                pass
-        try:
-            return coerce(value, kinds[-1], where)
-        except InputError:
-            if len(kinds) == 1:
-                raise
-        raise InputError(f"{where}: expected {_kind_name(kind)}, got {value!r} ({type(value).__name__})")
+        if len(kinds) > 1:
+            for k in kinds:
+                try:
+                    return coerce(value, k, where)
+                except InputError:
+                    pass
+            raise InputError(f"{where}: expected {_kind_name(kind)}, got {value!r} ({type(value).__name__})")
+        kind = kinds[0]
     origin = get_origin(kind)
     if origin in (list, tuple):
         if isinstance(value, (list, tuple)):

@@ -91,11 +91,9 @@ class OnPolicyConfig:
 
 
 def _positive_times(value) -> bool:
-    if value is None:
-        return True
-    values = value if isinstance(value, list) else [value]
-    return len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                                   for v in values)
+    """``train_max_time`` (already typed by the recipe schema): None, a number or a list, all > 0."""
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    return value is None or (len(values) > 0 and min(values) > 0)
 
 
 def round_max_time(value, r: int) -> Optional[float]:
