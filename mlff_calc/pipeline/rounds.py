@@ -92,8 +92,10 @@ class OnPolicyConfig:
 
 def _positive_times(value) -> bool:
     """``train_max_time`` (already typed by the recipe schema): None, a number or a list, all > 0."""
-    values = [] if value is None else value if isinstance(value, list) else [value]
-    return value is None or (len(values) > 0 and min(values) > 0)
+    if value is None:
+        return True
+    values = value if isinstance(value, list) else [value]
+    return len(values) > 0 and min(values) > 0
 
 
 def round_max_time(value, r: int) -> Optional[float]:
