@@ -61,6 +61,8 @@ def parse(argv=None):
                    help="s, the on-policy run's first student; the offline runs train for this + "
                    "rounds x round-time (the same total)")
     p.add_argument("--round-time", type=float, default=30.0, help="s of warm-start training per round")
+    p.add_argument("--failure-score", type=float, default=None,
+                   help="eV/Å, onpolicy.failure_score of the on-policy run (default: none)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 500.0, 700.0, 900.0])
     p.add_argument("--test-frames", type=int, default=20, help="held-out frames per seed and temperature")
     p.add_argument("--heldout-frames", type=int, default=12,
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
         "onpolicy.frames": args.round_frames, "onpolicy.md_steps": args.round_md_steps,
         "onpolicy.candidates": args.candidates,
         "onpolicy.temperature_factors": args.factors, "onpolicy.teacher_budget": budget,
-        "onpolicy.train_max_time": args.round_time})
+        "onpolicy.train_max_time": args.round_time, "onpolicy.failure_score": args.failure_score})
     op_info = runs[op]["state"]["onpolicy"]["info"]
     # offline_small: as many frames as fit in the calls the on-policy run used (teacher MD frames cost
     # interval + 1 label each; the warm-up and start are fixed).

@@ -39,7 +39,7 @@ from .state import digest
 
 CONTINUABLE = ("rounds", "teacher_budget", "converge_mae_change", "converge_score")
 # Keys added after runs existed: left out of the stage's key while unset, so those runs keep their key.
-UNSET_UNHASHED = ("train_lr",)
+UNSET_UNHASHED = ("train_lr", "failure_score")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class OnPolicyConfig:
     teacher_budget: Optional[int] = None  # total teacher calls incl. the first student's; None = no budget
     converge_mae_change: float = 0.0  # stop when the held-out force MAE improves by less than this fraction
     converge_score: Optional[float] = None  # stop when no candidate scores above this (eV/Å)
+    failure_score: Optional[float] = None  # eV/Å: a student trajectory ends at its first frame above it
     train_epochs: int = 100000  # warm-start training per round
     # s per round; a list gives round 1, 2, ... their own budgets (the last entry repeats), e.g. short
     # rounds that only need to move the student's MD, then a long last one that settles it
@@ -84,6 +85,7 @@ class OnPolicyConfig:
                 ("teacher_budget", self.teacher_budget is None or self.teacher_budget >= 1,
                  "must be >= 1 or null"),
                 ("converge_mae_change", 0 <= self.converge_mae_change < 1, "must be in [0, 1)"),
+                ("failure_score", self.failure_score is None or self.failure_score > 0, "must be > 0 or null"),
                 ("train_epochs", self.train_epochs >= 1, "must be >= 1"),
                 ("train_max_time", _positive_times(self.train_max_time),
                  "must be > 0 s, a non-empty list of them (round 1, 2, ...; the last repeats), or null"),
@@ -232,7 +234,8 @@ def _one_round(ctx: Context, r: int, student: Path, previous: Path | None, n: in
 def _propose(ctx: Context, r: int, student: Path, previous: Path | None, n: int) -> tuple[dict, list]:
     """Student MD, scores and the selection of round ``r``: ``(select.json contents, frames)``."""
     from ..calculator import StudentCalculator
-    from ..workflow.onpolicy import make_scorer, select_frames, student_md_candidates
+    from ..workflow.onpolicy import (cut_at_failure_score, make_scorer, select_frames,
+                                     student_md_candidates)
 
     cfg = ctx.recipe["onpolicy"]
     temps = cfg["temperatures"] or ctx.recipe["sampling"]["temperatures"]
@@ -241,18 +244,21 @@ def _propose(ctx: Context, r: int, student: Path, previous: Path | None, n: int)
     candidates, runs = student_md_candidates(
         ctx.seeds, calc, temps, cfg["md_steps"], cfg["candidates"], cfg["timestep"], cfg["friction"],
         seed=cfg["seed"] + 7919 * r, out_dir=ctx.path(f"onpolicy/round_{r:02d}/md"))
+    name, scorer = make_scorer(cfg["scorer"], student, previous, ctx.seeds[0][1], device=ctx.device)
+    scores = scorer(candidates) if scorer is not None and candidates else None
+    max_score = None if scores is None or not len(scores) else float(np.max(scores))
+    if cfg["failure_score"] is not None and scores is not None:
+        candidates, scores, runs = cut_at_failure_score(candidates, scores, runs, cfg["failure_score"])
     for run in runs:
         ctx.log(f"    student MD {run['formula']} {run['temperature_k']:g} K: "
                 + ("stable" if run["stable"] else f"FAILED ({run['reason']})"))
-    name, scorer = make_scorer(cfg["scorer"], student, previous, ctx.seeds[0][1], device=ctx.device)
-    scores = scorer(candidates) if scorer is not None and candidates else None
     pre = [k for k, c in enumerate(candidates) if c.info["pre_failure"]]
     picked = select_frames(candidates, scores, n, pool_factor=cfg["pool_factor"], must_consider=pre)
     frames = [candidates[k] for k in picked]
     for k, frame in zip(picked, frames):
         frame.info["score"] = float(scores[k]) if scores is not None else 0.0
     meta = {"scorer": name, "temperatures_k": temps, "candidates": len(candidates), "selected": len(frames),
-            "max_score": None if scores is None or not len(scores) else float(np.max(scores)),
+            "max_score": max_score,
             "selected_scores": [f.info["score"] for f in frames], "pre_failure_candidates": len(pre),
             "md_runs": len(runs), "md_stable": sum(x["stable"] for x in runs),
             "md_failures": [x for x in runs if not x["stable"]]}

@@ -14,6 +14,10 @@
 * :func:`select_frames` takes the best-scored candidates (``pool_factor`` x ``n``, plus every
   ``pre_failure`` frame) and picks ``n`` of them by greedy farthest-point sampling on a cheap descriptor
   (:func:`descriptors`), starting from the best score; two near-identical frames are never both picked.
+* :func:`cut_at_failure_score` ends a trajectory at its first frame scored above a trust level: where the
+  student is that unsure, its MD is no longer the system's (a runaway periodic cell keeps its bonds, so
+  :func:`bonds_intact` cannot see it); labelling what comes after spends teacher calls on configurations the
+  system never visits, whose huge forces then dominate the next training.
 """
 
 from __future__ import annotations
@@ -216,6 +220,7 @@ def student_md_candidates(seeds: Sequence[tuple[str, Atoms]], calc, temperatures
             for k, frame in enumerate(frames):
                 frame.calc = None
                 frame.info = {"seed_index": s, "temperature": float(temperature), "step": (k + 1) * interval,
+                              "trajectory": len(runs),
                               "pre_failure": bool(reason and k >= len(frames) - LAST_FRAMES)}
                 candidates.append(frame)
             runs.append({"seed_index": s, "formula": start.get_chemical_formula(),
@@ -223,3 +228,37 @@ def student_md_candidates(seeds: Sequence[tuple[str, Atoms]], calc, temperatures
                          "steps_done": steps if reason is None else len(frames) * interval,
                          "reason": reason})
     return candidates, runs
+
+
+def cut_at_failure_score(candidates: Sequence[Atoms], scores: np.ndarray, runs: list[dict],
+                         threshold: float) -> tuple[list[Atoms], np.ndarray, list[dict]]:
+    """Each trajectory ends at its first candidate scored above ``threshold`` (eV/Å; non-finite counts):
+    that frame is kept (the teacher's forces say how wrong the student was), later ones are dropped, the
+    last ``LAST_FRAMES`` kept become ``pre_failure`` and the run is marked failed with the reason (unless
+    it failed earlier for another reason). Returns new ``(candidates, scores, runs)``; inputs unchanged.
+    Candidates carry ``info["trajectory"]`` (the index in ``runs``) and ``info["step"]``.
+    """
+    scores = np.asarray(scores, float)
+    if scores.shape != (len(candidates),):
+        raise InputError(f"cut_at_failure_score: {len(candidates)} candidates but scores of shape {scores.shape}")
+    over = ~(scores <= threshold)  # NaN and inf are over
+    runs = [dict(run) for run in runs]
+    cut: dict[int, int] = {}  # trajectory -> step of its first frame over the threshold
+    for k in np.flatnonzero(over):
+        info = candidates[k].info
+        cut.setdefault(int(info["trajectory"]), int(info["step"]))
+    keep = [k for k, c in enumerate(candidates)
+            if c.info["step"] <= cut.get(int(c.info["trajectory"]), np.inf)]
+    out = [candidates[k].copy() for k in keep]
+    for traj, step in cut.items():
+        ended = [a for a in out if a.info["trajectory"] == traj]
+        for a in ended[-LAST_FRAMES:]:
+            a.info["pre_failure"] = True
+        run = runs[traj]
+        if run["stable"] or step < run["steps_done"]:
+            score = max(float(s) for s, c in zip(scores, candidates)
+                        if c.info["trajectory"] == traj and c.info["step"] == step)
+            run.update(stable=False, steps_done=step,
+                       reason=f"uncertainty score {score:.3g} eV/Å above failure_score {threshold:g} "
+                              f"at step {step}")
+    return out, scores[keep], runs

@@ -134,6 +134,7 @@ def test_kill_during_a_round_resumes_without_relabelling_or_retraining(tmp_path,
                                           ({"train_max_time": [30, -1]}, "onpolicy.train_max_time"),
                                           ({"train_max_time": "long"}, "onpolicy.train_max_time"),
                                           ({"train_lr": 0}, "onpolicy.train_lr"),
+                                          ({"failure_score": -1.0}, "onpolicy.failure_score"),
                                           ({"bogus": 1}, "bogus")])
 def test_bad_onpolicy_recipes_are_refused(tmp_path, seed_file, bad, message):  # noqa: F811
     with pytest.raises(ValueError, match=message):
@@ -164,3 +165,18 @@ def test_per_round_training_budgets_and_warm_start_lr(tmp_path, seed_file, monke
     rounds = [x for x in seen if x[2]]
     assert [x[:2] for x in rounds] == [(500.0, 2.5e-4), (900.0, 2.5e-4), (900.0, 2.5e-4)]
     assert [x[1] for x in seen if not x[2]] == [first_lr] and first_lr != 2.5e-4
+
+
+def test_failure_score_ends_student_trajectories_and_counts_them_failed(tmp_path, seed_file):  # noqa: F811
+    """A ``failure_score`` below every score ends each student trajectory at its first candidate: one
+    candidate per trajectory, every run failed with the score named, and those frames are labelled."""
+    run = tmp_path / "run"
+    distill("emt", [seed_file], run, recipe=onpolicy_recipe(tmp_path, rounds=1, failure_score=1e-9), quiet=True)
+    row = stage_records(run)["onpolicy"]["info"]["rounds"][1]
+    meta = yaml.safe_load((run / "onpolicy/round_01/select.json").read_text())
+    assert row["md_runs"] == 2 and row["md_stable"] == 0 and row["candidates"] == 2
+    assert all("above failure_score 1e-09" in f["reason"] for f in row["md_failures"])
+    assert meta["pre_failure_candidates"] == 2 and row["teacher_calls"] == row["selected"] == 2
+    assert meta["max_score"] > 1e-9
+    steps = sorted(a.info["step"] for a in ase.io.read(run / "onpolicy/round_01/selected.extxyz", ":"))
+    assert steps == [5, 5]  # md_steps 40 / candidates 8: the first candidate of each trajectory

@@ -8,7 +8,8 @@ from ase.build import molecule
 
 from mlff_calc.errors import InputError
 from mlff_calc.workflow import onpolicy
-from mlff_calc.workflow.onpolicy import bonds_intact, descriptors, make_scorer, select_frames
+from mlff_calc.workflow.onpolicy import (LAST_FRAMES, bonds_intact, cut_at_failure_score, descriptors,
+                                        make_scorer, select_frames)
 
 
 def rattled(base: Atoms, n: int, std: float, seed: int = 0) -> list[Atoms]:
@@ -89,6 +90,51 @@ def test_bonds_intact_finds_the_first_broken_frame():
     periodic = ref.copy()
     periodic.cell, periodic.pbc = [10, 10, 10], True
     assert bonds_intact([broken], periodic) is None
+
+
+def trajectories(scores_per_run: list[list[float]], interval: int = 10):
+    """Candidates, scores and runs as student_md_candidates + a scorer give them."""
+    frames, scores, runs = [], [], []
+    for t, run_scores in enumerate(scores_per_run):
+        for k, score in enumerate(run_scores):
+            a = molecule("H2O")
+            a.info = {"seed_index": 0, "temperature": 300.0 + t, "step": (k + 1) * interval,
+                      "trajectory": t, "pre_failure": False}
+            frames.append(a)
+            scores.append(score)
+        runs.append({"stable": True, "steps_done": interval * len(run_scores), "reason": None})
+    return frames, np.array(scores), runs
+
+
+def test_failure_score_ends_each_trajectory_at_its_first_frame_above_it():
+    frames, scores, runs = trajectories([[0.1, 0.2, 0.3],            # never above: untouched
+                                         [0.1, 0.5, 9.0, 50.0, 0.2],  # ends at step 30 (9.0 kept)
+                                         [np.nan, 0.1]])              # a non-finite score is a failure
+    kept, kept_scores, new_runs = cut_at_failure_score(frames, scores, runs, 1.0)
+    steps = [(a.info["trajectory"], a.info["step"]) for a in kept]
+    assert steps == [(0, 10), (0, 20), (0, 30), (1, 10), (1, 20), (1, 30), (2, 10)]
+    assert kept_scores.tolist()[:6] == [0.1, 0.2, 0.3, 0.1, 0.5, 9.0] and np.isnan(kept_scores[6])
+    pre = [a.info["pre_failure"] for a in kept]
+    assert pre == [False] * 3 + [False] + [True] * LAST_FRAMES + [True]
+    assert new_runs[0] == runs[0] and runs[1]["stable"]  # the inputs are left alone
+    assert not frames[4].info["pre_failure"]
+    assert new_runs[1]["stable"] is False and new_runs[1]["steps_done"] == 30
+    assert "9 eV/Å above failure_score 1 at step 30" in new_runs[1]["reason"]
+    assert new_runs[2]["steps_done"] == 10 and "nan" in new_runs[2]["reason"]
+
+
+def test_failure_score_and_an_earlier_or_same_step_failure():
+    # Both trajectories broke a bond at step 30 (their frames end there); the first one's score crosses
+    # at that same frame (the bond reason stays), the second's already at step 20 (the score's reason wins).
+    frames, scores, runs = trajectories([[0.1, 0.2, 5.0], [0.1, 5.0, 0.3]])
+    for run in runs:
+        run.update(stable=False, steps_done=30, reason="bonds changed at step 30")
+    kept, _, new_runs = cut_at_failure_score(frames, scores, runs, 1.0)
+    assert new_runs[0]["reason"] == "bonds changed at step 30"
+    assert new_runs[1]["steps_done"] == 20 and "failure_score" in new_runs[1]["reason"]
+    assert [a.info["step"] for a in kept if a.info["trajectory"] == 1] == [10, 20]
+    with pytest.raises(InputError, match="scores of shape"):
+        cut_at_failure_score(frames, scores[:2], runs, 1.0)
 
 
 class FakeUncertain:
