@@ -264,8 +264,7 @@ def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]
         **{k: speed.get(k) for k in ("student_ms_per_call", "teacher_ms_per_call", "speed_ratio")},
         "nve": drifts,
         "frequencies": info.get("vibrations", {}).get("summary"),  # cm⁻¹, student vs teacher (molecules)
-        "onpolicy": {k: info["onpolicy"].get(k) for k in ("stop_reason", "teacher_calls", "student")}
-        if info.get("onpolicy") else None,
+        "onpolicy": _onpolicy_summary(info["onpolicy"]) if info.get("onpolicy") else None,
         "md_steps": ctx.recipe["md"]["steps"],
         "md_timestep_fs": ctx.recipe["md"]["timestep"],
         "checkpoint": str(ctx.path("student.pt")),
@@ -273,6 +272,14 @@ def make_summary(ctx: Context, state: RunState, wall_s: float) -> dict[str, Any]
         "wall_s": wall_s,  # this call
         "stage_seconds": {name: rec.get("seconds") for name, rec in state.stages.items()},  # last run of each
     }
+
+
+def _onpolicy_summary(info: dict) -> dict:
+    """The on-policy stage in the summary: how it stopped, teacher calls, and what its rounds added."""
+    rounds = [r for r in info.get("rounds", []) if r.get("round", 0) > 0]
+    return {**{k: info.get(k) for k in ("stop_reason", "teacher_calls", "student")}, "rounds": len(rounds),
+            "labelled": sum(r.get("labelled") or 0 for r in rounds),
+            "train_time_s": sum((r.get("train") or {}).get("train_time_s") or 0.0 for r in rounds)}
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -288,7 +295,10 @@ def format_summary(s: dict[str, Any]) -> str:
              f"  frames                {s['frames']['train']} training, {s['frames']['heldout']} held-out "
              f"(independent trajectories)",
              f"  training              {s['training']['epochs']} epochs, "
-             f"{num(s['training']['train_time_s'], '.0f', ' s')} ({s['training']['stop_reason']})",
+             f"{num(s['training']['train_time_s'], '.0f', ' s')} ({s['training']['stop_reason']})"
+             + (f" for the first student; then {op['labelled']} frames and "
+                f"{num(op['train_time_s'], '.0f', ' s')} of warm-start training in {op['rounds']} on-policy "
+                f"round(s)" if (op := s.get("onpolicy")) and op.get("rounds") else ""),
              f"  force MAE vs teacher  {num(s['force_mae_ev_per_ang'], '.4f', ' eV/Å')} on "
              f"{s['heldout_frames_compared'] or s['frames']['heldout']} held-out frames "
              f"(RMSE {num(s['force_rmse_ev_per_ang'], '.4f')}, cosine {num(s['force_cosine_mean'], '.4f')})",

@@ -60,6 +60,10 @@ def test_rounds_table_records_and_continuing(tmp_path, seed_file):  # noqa: F811
     assert two.summary["onpolicy"]["teacher_calls"] == rows[2]["teacher_calls_total"]
     printed = format_summary(two.summary)
     assert "on-policy             " in printed
+    # The training line says what the rounds added to the first student's training.
+    assert two.summary["onpolicy"]["rounds"] == 2 and two.summary["onpolicy"]["labelled"] == 12
+    round_s = sum(r["train"]["train_time_s"] for r in rows[1:])
+    assert f"then 12 frames and {round_s:.0f} s of warm-start training in 2 on-policy round(s)" in printed
     stages = sum(t for name, t in two.summary["stage_seconds"].items() if "." not in name)
     assert f"(stages {stages / 60:.1f} min;" in printed  # the rounds are not counted twice
     # The selected frames came from the student's MD, not from the teacher's sampling.
