@@ -59,8 +59,9 @@ def parse(argv=None):
     p.add_argument("--factors", type=float, nargs="+", default=[1.0, 1.4, 1.8])
     p.add_argument("--train-time", type=float, default=140.0,
                    help="s, the on-policy run's first student; the offline runs train for this + "
-                   "rounds x round-time (the same total)")
-    p.add_argument("--round-time", type=float, default=30.0, help="s of warm-start training per round")
+                   "every round's round-time (the same total)")
+    p.add_argument("--round-time", type=float, nargs="+", default=[30.0],
+                   help="s of warm-start training per round; several: round 1, 2, ... (the last repeats)")
     p.add_argument("--failure-score", type=float, default=None,
                    help="eV/Å, onpolicy.failure_score of the on-policy run (default: none)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 500.0, 700.0, 900.0])
@@ -245,6 +246,8 @@ def cached_stability(args, name: str, make_calc) -> list[dict]:
 def main(argv=None) -> int:
     import torch
 
+    from mlff_calc.pipeline.rounds import round_max_time
+
     torch.set_num_threads(1)
     args = parse(argv)
     if args.from_result:
@@ -260,7 +263,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    offline_time = args.train_time + args.rounds * args.round_time
+    offline_time = args.train_time + sum(round_max_time(args.round_time, r) for r in range(1, args.rounds + 1))
+    round_time = args.round_time if len(args.round_time) > 1 else args.round_time[0]
     runs["offline_full"] = run_distill(args, "offline_full", {
         **OFFLINE, "sampling.frames": args.offline_frames, "training.run.max_time": offline_time})
     full_calls = offline_calls(args, Path(runs["offline_full"]["dir"]))
@@ -272,7 +276,7 @@ def main(argv=None) -> int:
         "onpolicy.frames": args.round_frames, "onpolicy.md_steps": args.round_md_steps,
         "onpolicy.candidates": args.candidates,
         "onpolicy.temperature_factors": args.factors, "onpolicy.teacher_budget": budget,
-        "onpolicy.train_max_time": args.round_time, "onpolicy.failure_score": args.failure_score})
+        "onpolicy.train_max_time": round_time, "onpolicy.failure_score": args.failure_score})
     op_info = runs[op]["state"]["onpolicy"]["info"]
     # offline_small: as many frames as fit in the calls the on-policy run used (teacher MD frames cost
     # interval + 1 label each; the warm-up and start are fixed).
