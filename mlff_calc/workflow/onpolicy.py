@@ -243,22 +243,19 @@ def cut_at_failure_score(candidates: Sequence[Atoms], scores: np.ndarray, runs: 
         raise InputError(f"cut_at_failure_score: {len(candidates)} candidates but scores of shape {scores.shape}")
     over = ~(scores <= threshold)  # NaN and inf are over
     runs = [dict(run) for run in runs]
-    cut: dict[int, int] = {}  # trajectory -> step of its first frame over the threshold
+    cut: dict[int, tuple[int, float]] = {}  # trajectory -> (step, score) of its first frame over it
     for k in np.flatnonzero(over):
-        info = candidates[k].info
-        cut.setdefault(int(info["trajectory"]), int(info["step"]))
+        traj, step = int(candidates[k].info["trajectory"]), int(candidates[k].info["step"])
+        if step < cut.get(traj, (np.inf,))[0]:
+            cut[traj] = (step, float(scores[k]))
     keep = [k for k, c in enumerate(candidates)
-            if c.info["step"] <= cut.get(int(c.info["trajectory"]), np.inf)]
+            if c.info["step"] <= cut.get(int(c.info["trajectory"]), (np.inf,))[0]]
     out = [candidates[k].copy() for k in keep]
-    for traj, step in cut.items():
-        ended = [a for a in out if a.info["trajectory"] == traj]
-        for a in ended[-LAST_FRAMES:]:
+    for traj, (step, score) in cut.items():
+        for a in [a for a in out if a.info["trajectory"] == traj][-LAST_FRAMES:]:
             a.info["pre_failure"] = True
         run = runs[traj]
         if run["stable"] or step < run["steps_done"]:
-            score = max(float(s) for s, c in zip(scores, candidates)
-                        if c.info["trajectory"] == traj and c.info["step"] == step)
             run.update(stable=False, steps_done=step,
-                       reason=f"uncertainty score {score:.3g} eV/Å above failure_score {threshold:g} "
-                              f"at step {step}")
+                       reason=f"score {score:.3g} eV/Å above failure_score {threshold:g} at step {step}")
     return out, scores[keep], runs
