@@ -264,6 +264,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
     offline_time = args.train_time + sum(round_max_time(args.round_time, r) for r in range(1, args.rounds + 1))
+    # one value stays a number in the recipe, so runs made before --round-time took lists keep their key
     round_time = args.round_time if len(args.round_time) > 1 else args.round_time[0]
     runs["offline_full"] = run_distill(args, "offline_full", {
         **OFFLINE, "sampling.frames": args.offline_frames, "training.run.max_time": offline_time})

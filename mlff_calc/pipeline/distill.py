@@ -289,16 +289,17 @@ def format_summary(s: dict[str, Any]) -> str:
 
     # "onpolicy.round_XX" records are parts of the onpolicy stage: not counted twice
     total = sum(t or 0.0 for name, t in s["stage_seconds"].items() if "." not in name)
+    op = s.get("onpolicy") or {}
+    rounds_added = (f" for the first student; then {op['labelled']} frames and "
+                    f"{num(op['train_time_s'], '.0f', ' s')} of warm-start training in {op['rounds']} "
+                    f"on-policy round(s)" if op.get("rounds") else "")  # summaries before this key: none
     lines = [f"distill summary: {s['run_dir']} (stages {total / 60:.1f} min; this call "
              f"{s['wall_s'] / 60:.1f} min)",
              f"  teacher               {s['teacher']['name']}; seeds: {', '.join(s['seed_structures'])}",
              f"  frames                {s['frames']['train']} training, {s['frames']['heldout']} held-out "
              f"(independent trajectories)",
              f"  training              {s['training']['epochs']} epochs, "
-             f"{num(s['training']['train_time_s'], '.0f', ' s')} ({s['training']['stop_reason']})"
-             + (f" for the first student; then {op['labelled']} frames and "
-                f"{num(op['train_time_s'], '.0f', ' s')} of warm-start training in {op['rounds']} on-policy "
-                f"round(s)" if (op := s.get("onpolicy")) and op.get("rounds") else ""),
+             f"{num(s['training']['train_time_s'], '.0f', ' s')} ({s['training']['stop_reason']}){rounds_added}",
              f"  force MAE vs teacher  {num(s['force_mae_ev_per_ang'], '.4f', ' eV/Å')} on "
              f"{s['heldout_frames_compared'] or s['frames']['heldout']} held-out frames "
              f"(RMSE {num(s['force_rmse_ev_per_ang'], '.4f')}, cosine {num(s['force_cosine_mean'], '.4f')})",
@@ -317,8 +318,7 @@ def format_summary(s: dict[str, Any]) -> str:
     if freq.get("modes"):
         lines.append(f"  frequencies           MAE {freq['mae_cm1']:.2f} cm⁻¹, max {freq['max_error_cm1']:.2f} cm⁻¹ "
                      f"vs teacher over {freq['modes']} modes of {freq['seeds']} molecule(s)")
-    if s.get("onpolicy"):
-        op = s["onpolicy"]
+    if op:
         lines.append(f"  on-policy             {op['teacher_calls']} teacher calls in all; stopped: "
                      f"{op['stop_reason']} (per-round table in the report)")
     lines += report_lines(s.get("gates"))
