@@ -186,6 +186,8 @@ def _train_key(ctx: Context) -> dict:
     key = _train_sections(ctx, skip, keep=False)
     if key["loss"].get("hvp_weight") == 0:  # off: the key of runs made before the curvature term existed
         del key["loss"]["hvp_weight"]
+    if key["loss"].get("force_huber", 0) is None:  # off: the key of runs made before the option existed
+        del key["loss"]["force_huber"]
     if enabled(ctx.recipe):  # off: no entry, the key of runs made before the option existed
         key["hessian_at_minima_copies"] = ctx.recipe["labelling"]["hessian_at_minima"]["copies"]
     return key

@@ -60,6 +60,11 @@ class LossConfig:
     # on Hessian-vector product components (eV/Å²) of frames with curvature labels (labelling.hvp_fraction);
     # 0 = off: no second derivative, today's cost per step
     hvp_weight: float = 0.0
+    # eV/Å; null = the plain squared force error. A number δ: twice the Huber loss of each force component,
+    # the squared error below δ and linear beyond it (2δ|x| - δ²), so a few frames the student gets badly
+    # wrong (hot or broken molecules from on-policy rounds) pull with a bounded gradient instead of
+    # dominating the step. Validation and the best-epoch choice keep the squared error.
+    force_huber: Union[float, None] = None
 
 
 @dataclass
@@ -124,6 +129,7 @@ class TrainConfig:
             ("loss.force_weight", lo.force_weight >= 0, "must be >= 0"),
             ("loss.stress_weight", lo.stress_weight >= 0, "must be >= 0"),
             ("loss.hvp_weight", lo.hvp_weight >= 0, "must be >= 0"),
+            ("loss.force_huber", lo.force_huber is None or lo.force_huber > 0, "must be > 0 eV/Å or null"),
             ("loss.energy_weight", lo.energy_weight + lo.force_weight > 0,
              "and loss.force_weight cannot both be 0"),
             ("optim.lr", o.lr > 0, "must be > 0"),

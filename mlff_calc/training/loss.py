@@ -7,13 +7,15 @@ Loss of a batch (weights from :class:`~mlff_calc.training.config.LossConfig`)::
                                         +  w_H * mean_{i∈P,a} ((H v)_ia - (H v)*_ia)²
 
 with ``L`` the structures whose stress is labelled (finite) and ``P`` the atoms of structures with
-curvature labels. Each step trains on one probe per structure, ``v = Σ_k s_k v_k / √K`` with random
-signs ``s_k = ±1`` over its ``K`` stored probes (for orthonormal probes unit norm again; weighted
-normal-mode probes keep their weights, E|dH v|² = Σ_k |dH v_k|² / K; the label is the same sum of the
-stored ``H v_k``, since ``H`` is linear): one double-backward pass, whatever ``K``, and over the epochs
-every stored direction is used (:func:`combined_probe`). Metrics are kept as sums so that they add up
-exactly over batches and processes: force MAE/RMSE are over Cartesian components (eV/Å), energy errors
-are per atom (eV/atom), cosine similarity is the mean over atoms of cos(F_i, F*_i).
+curvature labels. With ``loss.force_huber`` = δ the force term's square is twice the Huber loss
+(the square below δ, ``2δ|x| - δ²`` beyond; in training only, reported losses stay squared). Each step
+trains on one probe per structure, ``v = Σ_k s_k v_k / √K`` with random signs ``s_k = ±1`` over its
+``K`` stored probes (for orthonormal probes unit norm again; weighted normal-mode probes keep their
+weights, E|dH v|² = Σ_k |dH v_k|² / K; the label is the same sum of the stored ``H v_k``, since ``H`` is
+linear): one double-backward pass, whatever ``K``, and over the epochs every stored direction is used
+(:func:`combined_probe`). Metrics are kept as sums so that they add up exactly over batches and
+processes: force MAE/RMSE are over Cartesian components (eV/Å), energy errors are per atom (eV/atom),
+cosine similarity is the mean over atoms of cos(F_i, F*_i).
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ def _probed_atoms(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch[K.N_PROBES][batch[K.BATCH]] > 0  # (N,) bool
 
 
+def _force_term(pred: torch.Tensor, ref: torch.Tensor, delta: float | None) -> torch.Tensor:
+    """Mean squared force-component error, or (``delta``, eV/Å) twice its Huber loss: equal to the
+    squared error where ``|x| <= delta``, ``2 delta |x| - delta²`` beyond."""
+    if delta is None:
+        return (pred - ref).pow(2).mean()
+    return 2.0 * torch.nn.functional.huber_loss(pred, ref, delta=delta)
+
+
 def batch_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossConfig,
                use_forces: bool, use_stress: bool) -> torch.Tensor:
     """The weighted MSE loss of one batch (a differentiable scalar)."""
@@ -60,7 +70,7 @@ def batch_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], we
     # sees a gradient for the readout bias, which forces alone never reach.
     loss = weights.energy_weight * e_err.pow(2).mean()
     if use_forces:
-        loss = loss + weights.force_weight * (pred[K.FORCES] - batch[K.FORCES]).pow(2).mean()
+        loss = loss + weights.force_weight * _force_term(pred[K.FORCES], batch[K.FORCES], weights.force_huber)
     if use_stress:
         labelled = torch.isfinite(batch[K.STRESS]).all(dim=(1, 2))  # (B,)
         if labelled.any():

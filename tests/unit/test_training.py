@@ -213,6 +213,25 @@ def test_loss_masks_unlabelled_stress_and_metrics_add_up_over_batches():
     assert perfect.metrics(w)["force_cosine_mean"] == pytest.approx(1.0) and perfect.metrics(w)["loss"] == 0
 
 
+
+def test_force_huber_is_the_squared_error_below_delta_and_linear_beyond():
+    ref = _batch()
+    errors = torch.zeros_like(ref[K.FORCES])
+    errors[0, 0], errors[1, 2], errors[3, 1] = 0.2, -3.0, 10.0  # one component below δ, two far beyond
+    pred = {K.ENERGY: ref[K.ENERGY].clone(), K.FORCES: ref[K.FORCES] + errors}
+    plain, huber = TrainConfig().loss, config_from_dict({"loss": {"force_huber": 0.5}}).loss
+    squared = batch_loss(pred, ref, plain, use_forces=True, use_stress=False)
+    bounded = batch_loss(pred, ref, huber, use_forces=True, use_stress=False)
+    d = 0.5
+    want = (0.2 ** 2 + (2 * d * 3.0 - d * d) + (2 * d * 10.0 - d * d)) / errors.numel()
+    assert bounded.item() == pytest.approx(huber.force_weight * want, rel=1e-6)
+    assert squared.item() == pytest.approx(plain.force_weight * (0.04 + 9 + 100) / errors.numel(), rel=1e-6)
+    small = {K.ENERGY: ref[K.ENERGY], K.FORCES: ref[K.FORCES] + 0.1}  # every error below δ: the same loss
+    assert batch_loss(small, ref, huber, True, False).item() == pytest.approx(
+        batch_loss(small, ref, plain, True, False).item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"loss\.force_huber: must be > 0"):
+        config_from_dict({"loss": {"force_huber": 0.0}})
+
 # ---- schedule and EMA --------------------------------------------------------------------------------
 def test_schedule_warms_up_then_follows_a_cosine_or_the_time_budget():
     cfg = TrainConfig().optim
