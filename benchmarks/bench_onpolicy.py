@@ -64,6 +64,9 @@ def parse(argv=None):
                    help="s of warm-start training per round; several: round 1, 2, ... (the last repeats)")
     p.add_argument("--failure-score", type=float, default=None,
                    help="eV/Å, onpolicy.failure_score of the on-policy run (default: none)")
+    p.add_argument("--force-huber", type=_huber, default="preset", metavar="EV_PER_ANG|none|preset",
+                   help="training.loss.force_huber of every run (default: the quick preset's; 'none' = the "
+                        "squared force error, as in the runs made before the option)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 500.0, 700.0, 900.0])
     p.add_argument("--test-frames", type=int, default=20, help="held-out frames per seed and temperature")
     p.add_argument("--heldout-frames", type=int, default=12,
@@ -94,11 +97,17 @@ def seeds(args):
 OFFLINE = {"sampling.interval": 20, "sampling.warmup": 200, "sampling.rattle": 0.0, "onpolicy.rounds": 0}
 
 
+def _huber(text: str):
+    return text if text == "preset" else None if text == "none" else float(text)
+
+
 def common(args) -> dict:
-    """Recipe overrides every run shares: no report extras, a short distill MD check."""
-    return {"evaluation.nve_steps": 0, "md.steps": 200, "md.dtypes": ["float32"],
-            "heldout.frames": args.heldout_frames,
-            "training.run.num_threads": 1}
+    """Recipe overrides every run shares: no report extras, a short distill MD check (and the force loss)."""
+    out = {"evaluation.nve_steps": 0, "md.steps": 200, "md.dtypes": ["float32"],
+           "heldout.frames": args.heldout_frames, "training.run.num_threads": 1}
+    if args.force_huber != "preset":
+        out["training.loss.force_huber"] = args.force_huber
+    return out
 
 
 def run_distill(args, name: str, overrides: dict) -> dict:
