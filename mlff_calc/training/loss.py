@@ -64,7 +64,8 @@ def _force_term(pred: torch.Tensor, ref: torch.Tensor, delta: float | None) -> t
 
 def batch_loss(pred: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossConfig,
                use_forces: bool, use_stress: bool) -> torch.Tensor:
-    """The weighted MSE loss of one batch (a differentiable scalar)."""
+    """The weighted loss of one batch (a differentiable scalar): squared errors, the forces' Huber with
+    ``weights.force_huber``."""
     e_err = (pred[K.ENERGY] - batch[K.ENERGY]) / batch[N_ATOMS]  # (B,) eV/atom
     # The energy term is always in the graph (weight 0 gives zero gradients, not missing ones), so DDP
     # sees a gradient for the readout bias, which forces alone never reach.
