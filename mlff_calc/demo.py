@@ -5,9 +5,9 @@
 is ``mlff-calc distill --teacher gfn2-xtb --preset quick`` on ethanol, methylamine and acetaldehyde
 (``ase.build.molecule``; elements H, C, N, O): teacher MD at 500 K, labels, the teacher's Hessian at each
 molecule's minimum, a first student (100 s of training), then three on-policy rounds (the student's own
-Langevin MD at 300-900 K, 300 frames per round picked by its uncertainty, teacher labels, warm-start
+Langevin MD at 300-1,300 K, 300 frames per round picked by its uncertainty, teacher labels, warm-start
 training), comparison with GFN2-xTB on frames of independent trajectories, a 2,000-step student NVE check
-of each molecule in float32 and float64, and harmonic frequencies. About 7 minutes on a 2-core CPU;
+of each molecule in float32 and float64, and harmonic frequencies. About 7-8 minutes on a 2-core CPU;
 re-running skips finished stages and rounds (``runs/demo/state.json``). Ends with the summary and the
 acceptance checks of the quickstart."""
 
