@@ -169,6 +169,9 @@ def _label_key(ctx: Context, curvature: bool = False) -> dict:
 # time/epoch budget changes the result but a finished or killed run continues with a new budget in place.
 _TRAIN_UNHASHED = {"run": ("device", "num_threads", "quiet")}
 _TRAIN_CONTINUABLE = {"run": ("epochs", "max_time", "patience")}
+# Loss settings added after runs existed, with the value that means "off": left out of the key while off,
+# so those runs keep their key.
+_LOSS_OFF = {"hvp_weight": 0, "force_huber": None}
 
 
 def _train_sections(ctx: Context, picked: dict[str, tuple[str, ...]], keep: bool) -> dict:
@@ -184,10 +187,9 @@ def _train_key(ctx: Context) -> dict:
 
     skip = {s: _TRAIN_UNHASHED.get(s, ()) + _TRAIN_CONTINUABLE.get(s, ()) for s in ctx.recipe["training"]}
     key = _train_sections(ctx, skip, keep=False)
-    if key["loss"].get("hvp_weight") == 0:  # off: the key of runs made before the curvature term existed
-        del key["loss"]["hvp_weight"]
-    if key["loss"].get("force_huber", 0) is None:  # off: the key of runs made before the option existed
-        del key["loss"]["force_huber"]
+    for name, off in _LOSS_OFF.items():
+        if name in key["loss"] and key["loss"][name] == off:
+            del key["loss"][name]
     if enabled(ctx.recipe):  # off: no entry, the key of runs made before the option existed
         key["hessian_at_minima_copies"] = ctx.recipe["labelling"]["hessian_at_minima"]["copies"]
     return key
